@@ -1,0 +1,1 @@
+"""Weights → ONNX for the AlexNet the service serves. Never imports `app`."""
