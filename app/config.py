@@ -1,0 +1,75 @@
+"""The one place that reads the environment: every knob is an `ALEXNET_*` variable."""
+
+from __future__ import annotations
+
+import os
+from functools import cache
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+CUDA_PROVIDER = "CUDAExecutionProvider"
+CPU_PROVIDER = "CPUExecutionProvider"
+MAX_TOP_K = 1000
+DEFAULT_TOP_K = 5
+
+
+def _default_decode_threads() -> int:
+    return max(1, os.cpu_count() or 1)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ALEXNET_", env_file=None, extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    model_path: Path = Path("model/alexnet.onnx")
+    # Build the model on first start when `model_path` is missing (trained BVLC weights if they can be had).
+    auto_export: bool = True
+    weights_cache_dir: Path = Path.home() / ".cache" / "alexnet-serve"
+
+    # Comma-separated in the environment, e.g. "CUDAExecutionProvider,CPUExecutionProvider".
+    providers: Annotated[list[str], NoDecode] = [CUDA_PROVIDER, CPU_PROVIDER]
+    device_id: int = Field(default=0, ge=0)
+    require_cuda: bool = False
+    require_trained: bool = False
+    # 0 lets onnxruntime pick (one thread per physical core).
+    intra_op_threads: int = Field(default=0, ge=0)
+    decode_threads: int = Field(default_factory=_default_decode_threads, ge=1)
+    warmup_runs: int = Field(default=2, ge=0)
+
+    max_body_bytes: int = Field(default=20 * 1024 * 1024, ge=1)
+    max_image_pixels: int = Field(default=40_000_000, ge=1)
+    max_batch_images: int = Field(default=32, ge=1)
+
+    # Dynamic micro-batching: requests arriving within `batch_timeout_ms` share one session.run.
+    max_batch_size: int = Field(default=16, ge=1)
+    batch_timeout_ms: float = Field(default=2.0, ge=0)
+    max_queue_size: int = Field(default=256, ge=1)
+    request_timeout_s: float = Field(default=30.0, gt=0)
+    graceful_shutdown_s: float = Field(default=20.0, ge=0)
+
+    api_key: SecretStr | None = None
+
+    @field_validator("providers", mode="before")
+    @classmethod
+    def _split_providers(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("providers")
+    @classmethod
+    def _known_providers(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("at least one execution provider is required")
+        return value
+
+
+@cache
+def get_settings() -> Settings:
+    return Settings()

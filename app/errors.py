@@ -1,0 +1,146 @@
+"""Domain errors, and the one map that turns them (and framework errors) into HTTP responses.
+
+The error classes know nothing of HTTP; `STATUS_BY_ERROR` is the single place status codes live.
+Every error response has the body `{"error": {"code": ..., "message": ...}}`.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from app.schemas import ErrorDetail, ErrorResponse
+
+logger = logging.getLogger(__name__)
+
+
+class ServiceError(Exception):
+    """Base of every error the service reports to a client; `code` is stable and machine-readable."""
+
+    code = "internal_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidImageError(ServiceError):
+    code = "invalid_image"
+
+
+class UnsupportedMediaTypeError(ServiceError):
+    code = "unsupported_media_type"
+
+
+class PayloadTooLargeError(ServiceError):
+    code = "payload_too_large"
+
+
+class ImageTooLargeError(ServiceError):
+    code = "image_too_large"
+
+
+class InvalidParameterError(ServiceError):
+    code = "invalid_parameter"
+
+
+class ModelNotReadyError(ServiceError):
+    code = "model_not_ready"
+
+
+class OverloadedError(ServiceError):
+    code = "overloaded"
+
+    def __init__(self, message: str, retry_after_s: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class DeadlineExceededError(ServiceError):
+    code = "deadline_exceeded"
+
+
+class InferenceError(ServiceError):
+    code = "inference_failed"
+
+
+class UnauthorizedError(ServiceError):
+    code = "unauthorized"
+
+
+class ModelLoadError(Exception):
+    """The model cannot be served (missing, corrupt, wrong provider, untrained when refused). Fatal at startup."""
+
+
+STATUS_BY_ERROR: dict[type[ServiceError], int] = {
+    InvalidImageError: 400,
+    UnauthorizedError: 401,
+    PayloadTooLargeError: 413,
+    ImageTooLargeError: 413,
+    UnsupportedMediaTypeError: 415,
+    InvalidParameterError: 422,
+    InferenceError: 500,
+    ModelNotReadyError: 503,
+    OverloadedError: 503,
+    DeadlineExceededError: 504,
+}
+
+INTERNAL_ERROR_MESSAGE = "internal server error; the request ID in the logs has details"
+
+
+def status_for(error: ServiceError) -> int:
+    for cls in type(error).__mro__:
+        if cls in STATUS_BY_ERROR:
+            return STATUS_BY_ERROR[cls]
+    return 500
+
+
+def error_body(code: str, message: str) -> dict[str, object]:
+    return ErrorResponse(error=ErrorDetail(code=code, message=message)).model_dump()
+
+
+def error_response(error: ServiceError) -> JSONResponse:
+    headers = {}
+    if isinstance(error, OverloadedError):
+        headers["Retry-After"] = str(error.retry_after_s)
+    if isinstance(error, UnauthorizedError):
+        headers["WWW-Authenticate"] = "Bearer"
+    return JSONResponse(error_body(error.code, error.message), status_code=status_for(error), headers=headers)
+
+
+async def _service_error_handler(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ServiceError)
+    return error_response(exc)
+
+
+async def _validation_error_handler(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    problems = "; ".join(
+        f"{'.'.join(str(part) for part in err.get('loc', ()))}: {err.get('msg', 'invalid')}" for err in exc.errors()
+    )
+    return JSONResponse(error_body(InvalidParameterError.code, problems), status_code=422)
+
+
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+
+
+async def _http_error_handler(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    code = _HTTP_CODES.get(exc.status_code, "http_error")
+    return JSONResponse(error_body(code, str(exc.detail)), status_code=exc.status_code, headers=exc.headers)
+
+
+async def _unexpected_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    logger.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return JSONResponse(error_body("internal_error", INTERNAL_ERROR_MESSAGE), status_code=500)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(ServiceError, _service_error_handler)
+    app.add_exception_handler(RequestValidationError, _validation_error_handler)
+    app.add_exception_handler(StarletteHTTPException, _http_error_handler)
+    app.add_exception_handler(Exception, _unexpected_error_handler)

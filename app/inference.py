@@ -1,0 +1,159 @@
+"""The one owner of the onnxruntime session: load, check providers, warm up, run."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import onnxruntime as ort
+
+from app.config import CUDA_PROVIDER, Settings
+from app.errors import ModelLoadError
+from model.metadata import INPUT_NAME, NUM_CLASSES, OUTPUT_NAME, ModelCard, ModelCardError
+
+logger = logging.getLogger(__name__)
+
+FloatArray = npt.NDArray[np.float32]
+
+UNTRAINED_WARNING = "the model has random, untrained weights: its predictions are noise"
+CPU_FALLBACK_WARNING = "CUDA was requested but is not active: inference runs on the CPU"
+
+
+@dataclass(frozen=True)
+class ProviderReport:
+    requested: list[str]
+    active: list[str]
+    cuda_fallback_reason: str | None
+
+
+class OnnxModel:
+    """An onnxruntime session plus the model card read from the file it was built from."""
+
+    def __init__(self, session: ort.InferenceSession, card: ModelCard, providers: ProviderReport) -> None:
+        self._session = session
+        self.card = card
+        self.providers = providers
+        self.input_shape: list[int | str] = [
+            dim if isinstance(dim, int) else str(dim) for dim in session.get_inputs()[0].shape
+        ]
+
+    @property
+    def warnings(self) -> list[str]:
+        found = []
+        if not self.card.trained:
+            found.append(UNTRAINED_WARNING)
+        if self.providers.cuda_fallback_reason is not None:
+            found.append(CPU_FALLBACK_WARNING)
+        return found
+
+    def run(self, batch: FloatArray) -> FloatArray:
+        """Probabilities [N, 1000] for a preprocessed batch [N, 3, S, S]. Blocking: call off the event loop."""
+        outputs = self._session.run([OUTPUT_NAME], {INPUT_NAME: batch})
+        probabilities: FloatArray = outputs[0]
+        return probabilities
+
+    def warm_up(self, runs: int) -> None:
+        """Run dummy batches so the first real request does not pay for allocation and kernel selection."""
+        size = self.card.preprocessing.input_size
+        dummy = np.zeros((1, 3, size, size), dtype=np.float32)
+        for _ in range(runs):
+            self.run(dummy)
+
+
+def load_model(settings: Settings) -> OnnxModel:
+    """Open `settings.model_path`, honouring REQUIRE_CUDA / REQUIRE_TRAINED. Raises `ModelLoadError`."""
+    path = settings.model_path
+    if not path.is_file():
+        raise ModelLoadError(
+            f"model file {path} does not exist; build it with `python -m model export` or set ALEXNET_MODEL_PATH"
+        )
+    wants_cuda = CUDA_PROVIDER in settings.providers
+    if wants_cuda:
+        _preload_cuda_libraries()
+    session = _open_session(path, settings)
+    card = _read_card(session, path)
+    _check_signature(session, card, path)
+
+    active = list(session.get_providers())
+    reason = _cuda_fallback_reason() if wants_cuda and CUDA_PROVIDER not in active else None
+    report = ProviderReport(requested=list(settings.providers), active=active, cuda_fallback_reason=reason)
+    if reason is not None:
+        if settings.require_cuda:
+            raise ModelLoadError(f"ALEXNET_REQUIRE_CUDA is set but CUDA is not active: {reason}")
+        logger.warning("%s (%s); active providers: %s", CPU_FALLBACK_WARNING, reason, ", ".join(active))
+    else:
+        logger.info("onnxruntime providers active: %s", ", ".join(active))
+
+    if not card.trained:
+        if settings.require_trained:
+            raise ModelLoadError(
+                f"ALEXNET_REQUIRE_TRAINED is set but {path} has untrained ({card.weights}) weights; "
+                "export it with trained weights: python -m model export --weights bvlc"
+            )
+        logger.warning("UNTRAINED MODEL: %s (%s, weights=%s)", UNTRAINED_WARNING, path, card.weights)
+    logger.info(
+        "model %s loaded from %s: weights=%s sha256=%s trained=%s",
+        card.architecture,
+        path,
+        card.weights,
+        card.weights_sha256[:16],
+        card.trained,
+    )
+    return OnnxModel(session, card, report)
+
+
+def _open_session(path: Path, settings: Settings) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = settings.intra_op_threads
+    # One batch runs at a time; parallelism comes from intra-op threads, not concurrent graph branches.
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    providers: list[str | tuple[str, dict[str, Any]]] = []
+    for name in settings.providers:
+        if name == CUDA_PROVIDER:
+            providers.append((name, {"device_id": settings.device_id}))
+        else:
+            providers.append(name)
+    try:
+        return ort.InferenceSession(str(path), sess_options=options, providers=providers)
+    except Exception as error:  # onnxruntime raises its own untyped exceptions for bad files and providers
+        raise ModelLoadError(f"onnxruntime cannot load {path}: {error}") from error
+
+
+def _read_card(session: ort.InferenceSession, path: Path) -> ModelCard:
+    try:
+        return ModelCard.from_props(dict(session.get_modelmeta().custom_metadata_map))
+    except ModelCardError as error:
+        raise ModelLoadError(f"{path}: {error}") from error
+
+
+def _check_signature(session: ort.InferenceSession, card: ModelCard, path: Path) -> None:
+    inputs = {node.name: node.shape for node in session.get_inputs()}
+    outputs = {node.name: node.shape for node in session.get_outputs()}
+    size = card.preprocessing.input_size
+    if INPUT_NAME not in inputs or list(inputs[INPUT_NAME][1:]) != [3, size, size]:
+        raise ModelLoadError(f"{path}: expected input {INPUT_NAME!r} [N,3,{size},{size}], found {inputs}")
+    if OUTPUT_NAME not in outputs or outputs[OUTPUT_NAME][-1] != NUM_CLASSES:
+        raise ModelLoadError(f"{path}: expected output {OUTPUT_NAME!r} [N,{NUM_CLASSES}], found {outputs}")
+
+
+def _preload_cuda_libraries() -> None:
+    # The `cuda` extra installs CUDA/cuDNN as NVIDIA wheels; onnxruntime finds them only once preloaded.
+    try:
+        ort.preload_dlls(directory="")
+    except Exception as error:  # best effort: a missing library shows up as a CPU fallback with its reason
+        logger.debug("could not preload CUDA libraries: %s", error)
+
+
+def _cuda_fallback_reason() -> str:
+    if CUDA_PROVIDER not in ort.get_available_providers():
+        return f"this onnxruntime build has no CUDA support (available: {ort.get_available_providers()})"
+    return (
+        "the CUDA execution provider failed to start: no GPU visible, or CUDA 13 / cuDNN 9 libraries "
+        "missing (install with `pip install 'alexnet-serve[cuda]'`; onnxruntime's own error is logged above)"
+    )

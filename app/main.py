@@ -1,0 +1,56 @@
+"""Builds the app: lifespan, middleware, routers, error handlers. Nothing runs at import time."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio
+from fastapi import FastAPI
+
+from app import __version__
+from app.config import Settings, get_settings
+from app.deps import RUNTIME_STATE_KEY
+from app.errors import install_error_handlers
+from app.inference import load_model
+from app.limits import BodySizeLimitMiddleware
+from app.routes import health, models, predict
+from app.runtime import Runtime
+
+logger = logging.getLogger(__name__)
+
+DESCRIPTION = (
+    "ImageNet-1k classification with AlexNet (BVLC release, or torchvision's variant) on onnxruntime. "
+    "POST an image to /v1/predict; check /v1/model for what is being served."
+)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The ASGI app. `uvicorn --factory app.main:create_app` calls this with settings from the environment."""
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[dict[str, Runtime]]:
+        # A model that cannot be served (missing, corrupt, REQUIRE_* not met) fails startup here.
+        model = await anyio.to_thread.run_sync(load_model, settings)
+        runtime = Runtime(settings, model)
+        await runtime.start()
+        try:
+            yield {RUNTIME_STATE_KEY: runtime}
+        finally:
+            await runtime.stop()
+            logger.info("shutdown complete")
+
+    app = FastAPI(
+        title="alexnet-serve",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+    install_error_handlers(app)
+    app.include_router(health.router)
+    app.include_router(models.router)
+    app.include_router(predict.router)
+    return app

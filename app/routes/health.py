@@ -1,0 +1,43 @@
+"""Liveness, readiness and a health summary; never behind auth, so probes always reach them."""
+
+from __future__ import annotations
+
+import time
+
+from fastapi import APIRouter
+
+from app import __version__
+from app.deps import RuntimeDep
+from app.errors import ModelNotReadyError
+from app.schemas import ErrorResponse, HealthResponse, LiveResponse, ReadyResponse
+
+router = APIRouter(prefix="/health", tags=["health"])
+
+
+@router.get("/live", response_model=LiveResponse)
+async def get_liveness() -> LiveResponse:
+    """The process is up and serving HTTP."""
+    return LiveResponse()
+
+
+@router.get("/ready", response_model=ReadyResponse, responses={503: {"model": ErrorResponse}})
+async def get_readiness(runtime: RuntimeDep) -> ReadyResponse:
+    """The model is loaded and warmed up; 503 before that and while draining."""
+    if not runtime.ready:
+        raise ModelNotReadyError("the model is loading, warming up or the server is draining")
+    return ReadyResponse()
+
+
+@router.get("", response_model=HealthResponse)
+async def get_health(runtime: RuntimeDep) -> HealthResponse:
+    """Status, active execution providers, model summary, uptime and version."""
+    model = runtime.model
+    return HealthResponse(
+        status="ready" if runtime.ready else "starting",
+        version=__version__,
+        uptime_s=round(time.monotonic() - runtime.started_at, 3),
+        providers=model.providers.active,
+        requested_providers=model.providers.requested,
+        model=runtime.model_summary(),
+        warnings=model.warnings,
+    )

@@ -1,0 +1,136 @@
+"""What the lifespan builds and the routes use: the model, the decode pool and the batcher, plus readiness."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import numpy.typing as npt
+
+from app.batching import InferenceResult, MicroBatcher
+from app.config import Settings
+from app.errors import DeadlineExceededError, ModelNotReadyError
+from app.inference import OnnxModel
+from app.postprocessing import TOP5, ranked
+from app.preprocessing import decode_image, preprocess
+from app.schemas import ClassScore, ModelSummary, PredictResponse, TimingMs
+
+logger = logging.getLogger(__name__)
+
+
+class Runtime:
+    def __init__(self, settings: Settings, model: OnnxModel) -> None:
+        self.settings = settings
+        self.model = model
+        self.started_at = time.monotonic()
+        self._decode_pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
+        self._batcher = MicroBatcher(
+            model.run,
+            max_batch_size=settings.max_batch_size,
+            timeout_ms=settings.batch_timeout_ms,
+            max_queue_size=settings.max_queue_size,
+        )
+        self._ready = asyncio.Event()
+        self._draining = False
+        self._warm_up_task: asyncio.Task[None] | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self._ready.is_set() and not self._draining
+
+    @property
+    def queue_depth(self) -> int:
+        return self._batcher.depth
+
+    def model_summary(self) -> ModelSummary:
+        card = self.model.card
+        return ModelSummary(name=card.name, weights=card.weights, sha256=card.weights_sha256, trained=card.trained)
+
+    async def start(self) -> None:
+        """Start the batcher and warm up in the background; ready once warm-up has finished."""
+        self._batcher.start()
+        self._warm_up_task = asyncio.create_task(self._warm_up(), name="warm-up")
+
+    async def wait_ready(self) -> None:
+        await self._ready.wait()
+
+    async def stop(self) -> None:
+        self._draining = True
+        if self._warm_up_task is not None:
+            await self._warm_up_task
+        await self._batcher.stop()
+        self._decode_pool.shutdown(wait=True)
+
+    async def _warm_up(self) -> None:
+        started = time.perf_counter()
+        await asyncio.to_thread(self.model.warm_up, self.settings.warmup_runs)
+        self._ready.set()
+        logger.info(
+            "warm-up done in %.0f ms (%d runs); ready to serve",
+            (time.perf_counter() - started) * 1000.0,
+            self.settings.warmup_runs,
+        )
+
+    def ensure_ready(self) -> None:
+        if not self.ready:
+            raise ModelNotReadyError("the model is still loading or warming up; retry when /health/ready is 200")
+
+    async def predict(self, data: bytes, top_k: int) -> PredictResponse:
+        """Decode, preprocess, infer (batched) and label one image, within the request deadline."""
+        self.ensure_ready()
+        try:
+            async with asyncio.timeout(self.settings.request_timeout_s):
+                return await self._predict(data, top_k)
+        except TimeoutError:
+            raise DeadlineExceededError(
+                f"the prediction took longer than {self.settings.request_timeout_s:g} s; retry later"
+            ) from None
+
+    async def _predict(self, data: bytes, top_k: int) -> PredictResponse:
+        started = time.perf_counter()
+        loop = asyncio.get_running_loop()
+        tensor, decode_ms, preprocess_ms = await loop.run_in_executor(self._decode_pool, self._prepare, data)
+        result = await self._batcher.infer(tensor)
+        total_ms = (time.perf_counter() - started) * 1000.0
+        return self._response(top_k, decode_ms, preprocess_ms, result, total_ms)
+
+    def _prepare(self, data: bytes) -> tuple[npt.NDArray[np.float32], float, float]:
+        pre = self.model.card.preprocessing
+        started = time.perf_counter()
+        decoded = decode_image(data, max_pixels=self.settings.max_image_pixels, draft_size=pre.resize_size)
+        decoded_at = time.perf_counter()
+        tensor = preprocess(decoded.image, pre)
+        finished = time.perf_counter()
+        return tensor, (decoded_at - started) * 1000.0, (finished - decoded_at) * 1000.0
+
+    def _response(
+        self,
+        top_k: int,
+        decode_ms: float,
+        preprocess_ms: float,
+        result: InferenceResult,
+        total_ms: float,
+    ) -> PredictResponse:
+        labels = self.model.card.labels
+        scores = [
+            ClassScore(index=label.index, wnid=label.wnid, label=label.label, probability=probability)
+            for label, probability in ranked(result.probabilities, labels, max(top_k, TOP5))
+        ]
+        return PredictResponse(
+            top1=scores[0],
+            top5=scores[:TOP5],
+            predictions=scores[:top_k],
+            model=self.model_summary(),
+            timing_ms=TimingMs(
+                decode=round(decode_ms, 3),
+                preprocess=round(preprocess_ms, 3),
+                queue=round(result.queue_ms, 3),
+                inference=round(result.inference_ms, 3),
+                total=round(total_ms, 3),
+                batch_size=result.batch_size,
+            ),
+            warnings=self.model.warnings,
+        )
