@@ -11,7 +11,7 @@ from app.logs import configure_logging
 
 def main() -> None:
     settings = get_settings()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     ensure_model(settings)
     # One worker: the micro-batcher only batches requests that reach the same process.
     uvicorn.run(
@@ -21,6 +21,8 @@ def main() -> None:
         port=settings.port,
         log_config=None,
         log_level=settings.log_level,
+        # app.access writes one structured line per request instead.
+        access_log=False,
         timeout_graceful_shutdown=int(settings.graceful_shutdown_s),
     )
 

@@ -25,6 +25,7 @@ logger = logging.getLogger(__name__)
 
 FloatArray = npt.NDArray[np.float32]
 RunBatch = Callable[[FloatArray], FloatArray]
+BatchObserver = Callable[[int, float], None]
 
 
 @dataclass(frozen=True)
@@ -43,8 +44,17 @@ class _Job:
 
 
 class MicroBatcher:
-    def __init__(self, run_batch: RunBatch, *, max_batch_size: int, timeout_ms: float, max_queue_size: int) -> None:
+    def __init__(
+        self,
+        run_batch: RunBatch,
+        *,
+        max_batch_size: int,
+        timeout_ms: float,
+        max_queue_size: int,
+        on_batch: BatchObserver | None = None,
+    ) -> None:
         self._run_batch = run_batch
+        self._on_batch = on_batch
         self._max_batch_size = max_batch_size
         self._timeout_s = timeout_ms / 1000.0
         self._queue: asyncio.Queue[_Job] = asyncio.Queue(maxsize=max_queue_size)
@@ -108,6 +118,8 @@ class MicroBatcher:
                 self._busy = False
             finished = time.perf_counter()
             inference_ms = (finished - started) * 1000.0
+            if self._on_batch is not None:
+                self._on_batch(len(live), finished - started)
             for row, job in zip(probabilities, live, strict=True):
                 if not job.future.done():
                     job.future.set_result(

@@ -15,7 +15,9 @@ from app.deps import RUNTIME_STATE_KEY
 from app.errors import install_error_handlers
 from app.inference import load_model
 from app.limits import BodySizeLimitMiddleware
-from app.routes import health, models, predict
+from app.metrics import Metrics
+from app.request_context import RequestContextMiddleware
+from app.routes import health, metrics, models, predict
 from app.runtime import Runtime
 
 logger = logging.getLogger(__name__)
@@ -29,12 +31,13 @@ DESCRIPTION = (
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The ASGI app. `uvicorn --factory app.main:create_app` calls this with settings from the environment."""
     settings = settings or get_settings()
+    app_metrics = Metrics()
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[dict[str, Runtime]]:
         # A model that cannot be served (missing, corrupt, REQUIRE_* not met) fails startup here.
         model = await anyio.to_thread.run_sync(load_model, settings)
-        runtime = Runtime(settings, model)
+        runtime = Runtime(settings, model, app_metrics)
         await runtime.start()
         try:
             yield {RUNTIME_STATE_KEY: runtime}
@@ -48,9 +51,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description=DESCRIPTION,
         lifespan=lifespan,
     )
+    # Added last = outermost: request IDs and metrics cover every response, 413s included.
     app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestContextMiddleware, metrics=app_metrics)
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(models.router)
     app.include_router(predict.router)
+    app.include_router(metrics.router)
     return app

@@ -12,8 +12,9 @@ import numpy.typing as npt
 
 from app.batching import InferenceResult, MicroBatcher
 from app.config import Settings
-from app.errors import DeadlineExceededError, ModelNotReadyError
+from app.errors import DeadlineExceededError, ModelNotReadyError, ServiceError
 from app.inference import OnnxModel
+from app.metrics import Metrics
 from app.postprocessing import TOP5, ranked
 from app.preprocessing import decode_image, preprocess
 from app.schemas import ClassScore, ModelSummary, PredictResponse, TimingMs
@@ -22,9 +23,10 @@ logger = logging.getLogger(__name__)
 
 
 class Runtime:
-    def __init__(self, settings: Settings, model: OnnxModel) -> None:
+    def __init__(self, settings: Settings, model: OnnxModel, metrics: Metrics | None = None) -> None:
         self.settings = settings
         self.model = model
+        self.metrics = metrics or Metrics()
         self.started_at = time.monotonic()
         self._decode_pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
         self._batcher = MicroBatcher(
@@ -32,10 +34,21 @@ class Runtime:
             max_batch_size=settings.max_batch_size,
             timeout_ms=settings.batch_timeout_ms,
             max_queue_size=settings.max_queue_size,
+            on_batch=self._observe_batch,
         )
         self._ready = asyncio.Event()
         self._draining = False
         self._warm_up_task: asyncio.Task[None] | None = None
+        card = model.card
+        self.metrics.describe_model(
+            name=card.name,
+            weights=card.weights,
+            trained=card.trained,
+            provider=model.providers.active[0],
+            sha256=card.weights_sha256,
+        )
+        self.metrics.track_queue_depth(lambda: self.queue_depth)
+        self.metrics.track_readiness(lambda: self.ready)
 
     @property
     def ready(self) -> bool:
@@ -83,11 +96,25 @@ class Runtime:
         self.ensure_ready()
         try:
             async with asyncio.timeout(self.settings.request_timeout_s):
-                return await self._predict(data, top_k)
+                response = await self._predict(data, top_k)
         except TimeoutError:
+            self.metrics.images.labels("deadline_exceeded").inc()
             raise DeadlineExceededError(
                 f"the prediction took longer than {self.settings.request_timeout_s:g} s; retry later"
             ) from None
+        except ServiceError as error:
+            self.metrics.images.labels(error.code).inc()
+            raise
+        self.metrics.images.labels("ok").inc()
+        timing = response.timing_ms
+        self.metrics.decode_seconds.observe(timing.decode / 1000.0)
+        self.metrics.preprocess_seconds.observe(timing.preprocess / 1000.0)
+        self.metrics.queue_seconds.observe(timing.queue / 1000.0)
+        return response
+
+    def _observe_batch(self, size: int, seconds: float) -> None:
+        self.metrics.batch_size.observe(size)
+        self.metrics.inference_seconds.observe(seconds)
 
     async def _predict(self, data: bytes, top_k: int) -> PredictResponse:
         started = time.perf_counter()

@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query, Request, Response
 
 from app.config import DEFAULT_TOP_K, MAX_TOP_K
 from app.deps import RuntimeDep, require_api_key
 from app.errors import ServiceError
+from app.request_context import LOG_FIELDS_KEY
 from app.schemas import BatchItemResponse, BatchPredictResponse, ErrorDetail, ErrorResponse, PredictResponse
 from app.uploads import BATCH_FIELD, SINGLE_FIELD, read_batch_uploads, read_single_upload
 
@@ -67,10 +68,30 @@ _BATCH_BODY = {
 
 
 @router.post("/predict", response_model=PredictResponse, responses=_ERRORS, openapi_extra=_SINGLE_BODY)
-async def predict_image(request: Request, runtime: RuntimeDep, top_k: TopK = DEFAULT_TOP_K) -> PredictResponse:
+async def predict_image(
+    request: Request, response: Response, runtime: RuntimeDep, top_k: TopK = DEFAULT_TOP_K
+) -> PredictResponse:
     """Classify one image: top-1, top-5 and the top_k ImageNet classes."""
     upload = await read_single_upload(request)
-    return await runtime.predict(upload.data, top_k)
+    setattr(request.state, LOG_FIELDS_KEY, {"image_bytes": len(upload.data)})
+    result = await runtime.predict(upload.data, top_k)
+    timing = result.timing_ms
+    response.headers["Server-Timing"] = server_timing(result)
+    setattr(
+        request.state,
+        LOG_FIELDS_KEY,
+        {"image_bytes": len(upload.data), "batch_size": timing.batch_size, "timing_ms": timing.model_dump()},
+    )
+    return result
+
+
+def server_timing(result: PredictResponse) -> str:
+    """The stage timings as a Server-Timing header, so browsers' dev tools show them."""
+    timing = result.timing_ms
+    stages = (("decode", timing.decode), ("preprocess", timing.preprocess), ("queue", timing.queue))
+    parts = [f"{name};dur={value:.3f}" for name, value in stages]
+    parts += [f"infer;dur={timing.inference:.3f}", f"total;dur={timing.total:.3f}"]
+    return ", ".join(parts)
 
 
 @router.post("/predict/batch", response_model=BatchPredictResponse, responses=_ERRORS, openapi_extra=_BATCH_BODY)

@@ -1,0 +1,94 @@
+"""Per-request plumbing: request IDs, one structured log line per request, request metrics."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from contextvars import ContextVar
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.metrics import Metrics
+
+REQUEST_ID_HEADER = "x-request-id"
+LOG_FIELDS_KEY = "log_fields"
+# Accept a caller's request ID only if it is short and harmless in logs and headers.
+_VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+request_id_var: ContextVar[str] = ContextVar("request_id", default="-")
+access_logger = logging.getLogger("app.access")
+
+
+class RequestIdFilter(logging.Filter):
+    """Stamps every log record with the current request's ID ("-" outside a request)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.request_id = request_id_var.get()
+        return True
+
+
+def _request_id(scope: Scope) -> str:
+    for name, value in scope["headers"]:
+        if name == REQUEST_ID_HEADER.encode():
+            candidate: str = value.decode("latin-1")
+            if _VALID_REQUEST_ID.fullmatch(candidate):
+                return candidate
+    return uuid.uuid4().hex
+
+
+def _route_template(scope: Scope) -> str:
+    route = scope.get("route")
+    path: object = getattr(route, "path", None)
+    if isinstance(path, str):
+        return path
+    # Unmatched paths are folded into one label so scanners cannot blow up metric cardinality.
+    return "unmatched"
+
+
+class RequestContextMiddleware:
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = _request_id(scope)
+        token = request_id_var.set(request_id)
+        started = time.perf_counter()
+        status = 500
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
+            await send(message)
+
+        self.metrics.in_flight.inc()
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            self.metrics.in_flight.dec()
+            seconds = time.perf_counter() - started
+            route = _route_template(scope)
+            self.metrics.requests.labels(route, scope["method"], str(status)).inc()
+            self.metrics.request_seconds.labels(route).observe(seconds)
+            fields: dict[str, Any] = dict(scope.get("state", {}).get(LOG_FIELDS_KEY, {}))
+            access_logger.info(
+                "%s %s %d %.1fms",
+                scope["method"],
+                scope["path"],
+                status,
+                seconds * 1000.0,
+                extra={
+                    "http": {"method": scope["method"], "path": scope["path"], "route": route, "status": status},
+                    "duration_ms": round(seconds * 1000.0, 3),
+                    **fields,
+                },
+            )
+            request_id_var.reset(token)
