@@ -107,9 +107,7 @@ class ModelCard:
         """Parse ONNX `metadata_props`; raise `ModelCardError` naming the first bad key."""
         ours = {key.removeprefix(KEY_PREFIX): value for key, value in props.items() if key.startswith(KEY_PREFIX)}
         if not ours:
-            raise ModelCardError(
-                "the ONNX file has no alexnet.* metadata; export it with `python -m model export`"
-            )
+            raise ModelCardError("the ONNX file has no alexnet.* metadata; export it with `python -m model export`")
         try:
             if ours["format_version"] != FORMAT_VERSION:
                 raise ModelCardError(f"unsupported model card format_version {ours['format_version']!r}")

@@ -1,0 +1,25 @@
+"""Shared fixtures: full-size weights and exported models are built once per session (about 240 MB each)."""
+
+from __future__ import annotations
+
+import pytest
+
+from model.architecture import BVLC_ALEXNET, TORCHVISION_ALEXNET, AlexNetWeights
+from model.export import ExportSummary, export_model
+from model.random_weights import random_weights
+
+
+@pytest.fixture(scope="session")
+def bvlc_weights() -> AlexNetWeights:
+    return random_weights(BVLC_ALEXNET, seed=1)
+
+
+@pytest.fixture(scope="session")
+def torchvision_weights() -> AlexNetWeights:
+    return random_weights(TORCHVISION_ALEXNET, seed=2)
+
+
+@pytest.fixture(scope="session")
+def random_export(tmp_path_factory: pytest.TempPathFactory) -> ExportSummary:
+    output = tmp_path_factory.mktemp("random") / "alexnet.onnx"
+    return export_model("random", output=output, cache_dir=output.parent / "cache", progress=False)
