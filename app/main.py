@@ -17,7 +17,7 @@ from app.inference import load_model
 from app.limits import BodySizeLimitMiddleware
 from app.metrics import Metrics
 from app.request_context import RequestContextMiddleware
-from app.routes import health, metrics, models, predict, web
+from app.routes import health, metrics, models, predict, v2, web
 from app.runtime import Runtime
 
 logger = logging.getLogger(__name__)
@@ -59,5 +59,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(models.router)
     app.include_router(predict.router)
     app.include_router(metrics.router)
+    app.include_router(v2.router)
     app.include_router(web.router)
     return app

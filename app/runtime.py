@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable
 from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -20,6 +22,8 @@ from app.preprocessing import decode_image, preprocess
 from app.schemas import ClassScore, ModelSummary, PredictResponse, TimingMs
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 class Runtime:
@@ -95,13 +99,7 @@ class Runtime:
         """Decode, preprocess, infer (batched) and label one image, within the request deadline."""
         self.ensure_ready()
         try:
-            async with asyncio.timeout(self.settings.request_timeout_s):
-                response = await self._predict(data, top_k)
-        except TimeoutError:
-            self.metrics.images.labels("deadline_exceeded").inc()
-            raise DeadlineExceededError(
-                f"the prediction took longer than {self.settings.request_timeout_s:g} s; retry later"
-            ) from None
+            response = await self._within_deadline(self._predict(data, top_k))
         except ServiceError as error:
             self.metrics.images.labels(error.code).inc()
             raise
@@ -112,17 +110,45 @@ class Runtime:
         self.metrics.queue_seconds.observe(timing.queue / 1000.0)
         return response
 
+    async def infer_images(self, blobs: list[bytes]) -> npt.NDArray[np.float32]:
+        """Probabilities [N, 1000] for N encoded images; any bad image fails the whole call."""
+        self.ensure_ready()
+
+        async def one(data: bytes) -> npt.NDArray[np.float32]:
+            tensor, _, _ = await self._prepare_off_loop(data)
+            return (await self._batcher.infer(tensor)).probabilities
+
+        rows = await self._within_deadline(asyncio.gather(*(one(blob) for blob in blobs)))
+        return np.stack(rows)
+
+    async def infer_tensors(self, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        """Probabilities [N, 1000] for already preprocessed images [N, 3, S, S]."""
+        self.ensure_ready()
+        results = await self._within_deadline(asyncio.gather(*(self._batcher.infer(row) for row in batch)))
+        return np.stack([result.probabilities for result in results])
+
+    async def _within_deadline(self, work: Awaitable[T]) -> T:
+        try:
+            async with asyncio.timeout(self.settings.request_timeout_s):
+                return await work
+        except TimeoutError:
+            raise DeadlineExceededError(
+                f"the prediction took longer than {self.settings.request_timeout_s:g} s; retry later"
+            ) from None
+
     def _observe_batch(self, size: int, seconds: float) -> None:
         self.metrics.batch_size.observe(size)
         self.metrics.inference_seconds.observe(seconds)
 
     async def _predict(self, data: bytes, top_k: int) -> PredictResponse:
         started = time.perf_counter()
-        loop = asyncio.get_running_loop()
-        tensor, decode_ms, preprocess_ms = await loop.run_in_executor(self._decode_pool, self._prepare, data)
+        tensor, decode_ms, preprocess_ms = await self._prepare_off_loop(data)
         result = await self._batcher.infer(tensor)
         total_ms = (time.perf_counter() - started) * 1000.0
         return self._response(top_k, decode_ms, preprocess_ms, result, total_ms)
+
+    async def _prepare_off_loop(self, data: bytes) -> tuple[npt.NDArray[np.float32], float, float]:
+        return await asyncio.get_running_loop().run_in_executor(self._decode_pool, self._prepare, data)
 
     def _prepare(self, data: bytes) -> tuple[npt.NDArray[np.float32], float, float]:
         pre = self.model.card.preprocessing

@@ -1,0 +1,121 @@
+"""Open Inference Protocol (KServe v2) routes, so Triton and KServe clients work unchanged.
+
+Errors here use the protocol's own body, `{"error": "..."}`, with the status codes of app/errors.py.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.responses import JSONResponse
+
+from app import __version__
+from app.deps import RuntimeDep, require_api_key
+from app.errors import InvalidParameterError, ServiceError, status_for
+from app.runtime import Runtime
+from app.v2_protocol import HEADER_LENGTH, InferRequest, encode_infer_response, parse_infer_request
+from model.metadata import INPUT_NAME, NUM_CLASSES, OUTPUT_NAME
+
+MODEL_NAME = "alexnet"
+MODEL_VERSION = "1"
+SERVER_NAME = "alexnet-serve"
+EXTENSIONS = ["classification", "binary_tensor_data"]
+
+router = APIRouter(prefix="/v2", tags=["open inference protocol (v2)"])
+
+
+def _protocol_error(error: ServiceError) -> JSONResponse:
+    return JSONResponse({"error": error.message}, status_code=status_for(error))
+
+
+def _unknown_model(name: str) -> JSONResponse:
+    return JSONResponse({"error": f"unknown model {name!r}; this server serves {MODEL_NAME!r}"}, status_code=404)
+
+
+@router.get("/health/live")
+async def get_v2_live() -> dict[str, bool]:
+    """v2 liveness."""
+    return {"live": True}
+
+
+@router.get("/health/ready", responses={503: {"description": "Not ready"}})
+async def get_v2_ready(runtime: RuntimeDep) -> JSONResponse:
+    """v2 readiness: 200 once the model is warmed up, 503 before and while draining."""
+    return JSONResponse({"ready": runtime.ready}, status_code=200 if runtime.ready else 503)
+
+
+@router.get("")
+async def get_v2_server_metadata() -> dict[str, Any]:
+    """v2 server metadata."""
+    return {"name": SERVER_NAME, "version": __version__, "extensions": EXTENSIONS}
+
+
+@router.get("/models/{model_name}", response_model=None)
+async def get_v2_model_metadata(model_name: str, runtime: RuntimeDep) -> dict[str, Any] | JSONResponse:
+    """v2 model metadata: the input and output tensors."""
+    if model_name != MODEL_NAME:
+        return _unknown_model(model_name)
+    size = runtime.model.card.preprocessing.input_size
+    return {
+        "name": MODEL_NAME,
+        "versions": [MODEL_VERSION],
+        "platform": "onnxruntime_onnx",
+        "inputs": [{"name": INPUT_NAME, "datatype": "FP32", "shape": [-1, 3, size, size]}],
+        "outputs": [{"name": OUTPUT_NAME, "datatype": "FP32", "shape": [-1, NUM_CLASSES]}],
+    }
+
+
+@router.get("/models/{model_name}/ready", responses={503: {"description": "Not ready"}})
+async def get_v2_model_ready(model_name: str, runtime: RuntimeDep) -> JSONResponse:
+    """v2 model readiness."""
+    if model_name != MODEL_NAME:
+        return _unknown_model(model_name)
+    return JSONResponse({"name": MODEL_NAME, "ready": runtime.ready}, status_code=200 if runtime.ready else 503)
+
+
+@router.post(
+    "/models/{model_name}/infer",
+    dependencies=[Depends(require_api_key)],
+    responses={200: {"content": {"application/json": {}, "application/octet-stream": {}}}},
+)
+async def post_v2_infer(model_name: str, request: Request, runtime: RuntimeDep) -> Response:
+    """v2 inference: an FP32 tensor [N,3,227,227] (preprocessed) or a BYTES tensor [N] of encoded images."""
+    if model_name != MODEL_NAME:
+        return _unknown_model(model_name)
+    try:
+        parsed = parse_infer_request(await request.body(), request.headers.get(HEADER_LENGTH), OUTPUT_NAME)
+        probabilities = await _infer(parsed, runtime)
+    except ServiceError as error:
+        return _protocol_error(error)
+    encoded = encode_infer_response(
+        model_name=MODEL_NAME,
+        model_version=MODEL_VERSION,
+        request=parsed,
+        probabilities=probabilities,
+        labels=runtime.model.card.labels,
+    )
+    headers = {HEADER_LENGTH: str(encoded.header_length)} if encoded.header_length is not None else None
+    return Response(encoded.body, media_type=encoded.content_type, headers=headers)
+
+
+async def _infer(parsed: InferRequest, runtime: Runtime) -> np.ndarray[Any, np.dtype[np.float32]]:
+    if len(parsed.inputs) != 1:
+        raise InvalidParameterError(f"send exactly one input tensor named {INPUT_NAME!r}")
+    tensor = parsed.inputs[0]
+    if tensor.name != INPUT_NAME:
+        raise InvalidParameterError(f"unknown input {tensor.name!r}; this model takes {INPUT_NAME!r}")
+    if tensor.blobs is not None:
+        if len(tensor.shape) != 1 or not 1 <= tensor.shape[0] <= runtime.settings.max_batch_images:
+            raise InvalidParameterError(
+                f"a BYTES input must have shape [N] with 1 <= N <= {runtime.settings.max_batch_images}"
+            )
+        return await runtime.infer_images(tensor.blobs)
+    assert tensor.floats is not None
+    size = runtime.model.card.preprocessing.input_size
+    if len(tensor.shape) != 4 or tensor.shape[1:] != [3, size, size] or tensor.shape[0] < 1:
+        raise InvalidParameterError(f"an FP32 input must have shape [N,3,{size},{size}], got {tensor.shape}")
+    if tensor.shape[0] > runtime.settings.max_batch_images:
+        raise InvalidParameterError(f"at most {runtime.settings.max_batch_images} images per request")
+    return await runtime.infer_tensors(tensor.floats)
