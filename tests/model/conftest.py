@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+from caffe_writer import caffemodel, raw_layers
 
 from model.architecture import BVLC_ALEXNET, TORCHVISION_ALEXNET, AlexNetWeights
 from model.export import ExportSummary, export_model
@@ -23,3 +26,11 @@ def torchvision_weights() -> AlexNetWeights:
 def random_export(tmp_path_factory: pytest.TempPathFactory) -> ExportSummary:
     output = tmp_path_factory.mktemp("random") / "alexnet.onnx"
     return export_model("random", output=output, cache_dir=output.parent / "cache", progress=False)
+
+
+@pytest.fixture(scope="session")
+def v1_caffemodel(tmp_path_factory: pytest.TempPathFactory, bvlc_weights: AlexNetWeights) -> Path:
+    """The 2014 release's layout (V1 `layers`, 4-D legacy blobs) with random weights."""
+    path = tmp_path_factory.mktemp("caffe") / "bvlc_alexnet.caffemodel"
+    path.write_bytes(caffemodel(raw_layers(bvlc_weights), "v1"))
+    return path
