@@ -2,21 +2,68 @@
 
 from __future__ import annotations
 
+import logging
+import signal
+import sys
+import threading
+from types import FrameType
+
 import uvicorn
 
 from app.bootstrap import ensure_model
 from app.config import get_settings
 from app.logs import configure_logging
+from app.main import create_app
+
+logger = logging.getLogger("app.server")
+STARTUP_FAILURE_EXIT_CODE = 3
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn, with a drain phase on SIGTERM/SIGINT and exit status 0 after a clean shutdown.
+
+    The first signal makes /health/ready answer 503 at once, keeps serving for `drain_delay_s` so load
+    balancers notice, then lets uvicorn stop accepting and finish in-flight requests. uvicorn itself
+    would re-raise the signal after shutting down (exit status 143); a drained server exits 0.
+    """
+
+    def __init__(self, config: uvicorn.Config, drain: threading.Event, drain_delay_s: float) -> None:
+        super().__init__(config)
+        self._drain = drain
+        self._drain_delay_s = drain_delay_s
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self._drain.is_set():
+            # A second signal: stop waiting for the drain delay; a third SIGINT forces exit.
+            if self.should_exit and sig == signal.SIGINT:
+                self.force_exit = True
+            self.should_exit = True
+            return
+        self._drain.set()
+        logger.info(
+            "received %s: reporting not-ready, draining for %.1f s, then finishing in-flight requests",
+            signal.Signals(sig).name,
+            self._drain_delay_s,
+        )
+        if self._drain_delay_s <= 0:
+            self.should_exit = True
+            return
+        timer = threading.Timer(self._drain_delay_s, self._stop_accepting)
+        timer.daemon = True
+        timer.start()
+
+    def _stop_accepting(self) -> None:
+        self.should_exit = True
 
 
 def main() -> None:
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_format)
     ensure_model(settings)
+    drain = threading.Event()
     # One worker: the micro-batcher only batches requests that reach the same process.
-    uvicorn.run(
-        "app.main:create_app",
-        factory=True,
+    config = uvicorn.Config(
+        create_app(settings, drain),
         host=settings.host,
         port=settings.port,
         log_config=None,
@@ -25,6 +72,10 @@ def main() -> None:
         access_log=False,
         timeout_graceful_shutdown=int(settings.graceful_shutdown_s),
     )
+    server = DrainingServer(config, drain, settings.drain_delay_s)
+    server.run()
+    if not server.started:
+        sys.exit(STARTUP_FAILURE_EXIT_CODE)
 
 
 if __name__ == "__main__":

@@ -53,6 +53,8 @@ class Settings(BaseSettings):
     max_queue_size: int = Field(default=256, ge=1)
     request_timeout_s: float = Field(default=30.0, gt=0)
     graceful_shutdown_s: float = Field(default=20.0, ge=0)
+    # After SIGTERM, keep serving while reporting not-ready, so load balancers stop routing here first.
+    drain_delay_s: float = Field(default=0.0, ge=0)
 
     api_key: SecretStr | None = None
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -28,7 +29,7 @@ DESCRIPTION = (
 )
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, drain: threading.Event | None = None) -> FastAPI:
     """The ASGI app. `uvicorn --factory app.main:create_app` calls this with settings from the environment."""
     settings = settings or get_settings()
     app_metrics = Metrics()
@@ -37,7 +38,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(_: FastAPI) -> AsyncIterator[dict[str, Runtime]]:
         # A model that cannot be served (missing, corrupt, REQUIRE_* not met) fails startup here.
         model = await anyio.to_thread.run_sync(load_model, settings)
-        runtime = Runtime(settings, model, app_metrics)
+        runtime = Runtime(settings, model, app_metrics, drain)
         await runtime.start()
         try:
             yield {RUNTIME_STATE_KEY: runtime}

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import threading
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
@@ -14,7 +16,7 @@ import numpy.typing as npt
 
 from app.batching import InferenceResult, MicroBatcher
 from app.config import Settings
-from app.errors import DeadlineExceededError, ModelNotReadyError, ServiceError
+from app.errors import DeadlineExceededError, ModelNotReadyError, OverloadedError, ServiceError
 from app.inference import OnnxModel
 from app.metrics import Metrics
 from app.postprocessing import TOP5, ranked
@@ -27,7 +29,13 @@ T = TypeVar("T")
 
 
 class Runtime:
-    def __init__(self, settings: Settings, model: OnnxModel, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        model: OnnxModel,
+        metrics: Metrics | None = None,
+        drain: threading.Event | None = None,
+    ) -> None:
         self.settings = settings
         self.model = model
         self.metrics = metrics or Metrics()
@@ -42,6 +50,9 @@ class Runtime:
         )
         self._ready = asyncio.Event()
         self._draining = False
+        # Set from outside (SIGTERM) to report not-ready while in-flight requests finish.
+        self._drain = drain or threading.Event()
+        self._admitted = 0
         self._warm_up_task: asyncio.Task[None] | None = None
         card = model.card
         self.metrics.describe_model(
@@ -56,6 +67,12 @@ class Runtime:
 
     @property
     def ready(self) -> bool:
+        """What probes see: warmed up, and not draining."""
+        return self._accepting and not self._drain.is_set()
+
+    @property
+    def _accepting(self) -> bool:
+        # During the drain delay predictions are still served: only the probes say "go elsewhere".
         return self._ready.is_set() and not self._draining
 
     @property
@@ -92,14 +109,15 @@ class Runtime:
         )
 
     def ensure_ready(self) -> None:
-        if not self.ready:
+        if not self._accepting:
             raise ModelNotReadyError("the model is still loading or warming up; retry when /health/ready is 200")
 
     async def predict(self, data: bytes, top_k: int) -> PredictResponse:
         """Decode, preprocess, infer (batched) and label one image, within the request deadline."""
         self.ensure_ready()
         try:
-            response = await self._within_deadline(self._predict(data, top_k))
+            with self._admitted_images(1):
+                response = await self._within_deadline(self._predict(data, top_k))
         except ServiceError as error:
             self.metrics.images.labels(error.code).inc()
             raise
@@ -118,14 +136,29 @@ class Runtime:
             tensor, _, _ = await self._prepare_off_loop(data)
             return (await self._batcher.infer(tensor)).probabilities
 
-        rows = await self._within_deadline(asyncio.gather(*(one(blob) for blob in blobs)))
+        with self._admitted_images(len(blobs)):
+            rows = await self._within_deadline(asyncio.gather(*(one(blob) for blob in blobs)))
         return np.stack(rows)
 
     async def infer_tensors(self, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         """Probabilities [N, 1000] for already preprocessed images [N, 3, S, S]."""
         self.ensure_ready()
-        results = await self._within_deadline(asyncio.gather(*(self._batcher.infer(row) for row in batch)))
+        with self._admitted_images(len(batch)):
+            results = await self._within_deadline(asyncio.gather(*(self._batcher.infer(row) for row in batch)))
         return np.stack([result.probabilities for result in results])
+
+    @contextlib.contextmanager
+    def _admitted_images(self, count: int) -> Iterator[None]:
+        """Admission control: bound the images in flight (decoding, queued, running) and shed the rest at once."""
+        if self._admitted + count > self.settings.max_queue_size:
+            raise OverloadedError(
+                f"the server is at capacity ({self.settings.max_queue_size} images in flight); retry shortly"
+            )
+        self._admitted += count
+        try:
+            yield
+        finally:
+            self._admitted -= count
 
     async def _within_deadline(self, work: Awaitable[T]) -> T:
         try:
