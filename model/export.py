@@ -21,6 +21,7 @@ from model.labels import imagenet_labels
 from model.metadata import Architecture, ModelCard, WeightsSource
 from model.random_weights import random_weights
 from model.sources import DEFAULT_CACHE_DIR, RANDOM_SOURCE_URL, SOURCES, SourceSpec
+from model.torchvision_ckpt import read_torchvision_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +150,7 @@ def load_weights(
 
 _READERS: Mapping[WeightsSource, Callable[[Path], AlexNetWeights]] = {
     "bvlc": read_caffemodel,
+    "torchvision": read_torchvision_checkpoint,
 }
 
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 from caffe_writer import caffemodel, raw_layers
+from torch_alexnet import torchvision_module
 
 from model.architecture import BVLC_ALEXNET, TORCHVISION_ALEXNET, AlexNetWeights
 from model.export import ExportSummary, export_model
@@ -33,4 +35,12 @@ def v1_caffemodel(tmp_path_factory: pytest.TempPathFactory, bvlc_weights: AlexNe
     """The 2014 release's layout (V1 `layers`, 4-D legacy blobs) with random weights."""
     path = tmp_path_factory.mktemp("caffe") / "bvlc_alexnet.caffemodel"
     path.write_bytes(caffemodel(raw_layers(bvlc_weights), "v1"))
+    return path
+
+
+@pytest.fixture(scope="session")
+def torchvision_checkpoint(tmp_path_factory: pytest.TempPathFactory, torchvision_weights: AlexNetWeights) -> Path:
+    """`torch.save(model.state_dict())` of torchvision's AlexNet layout: torch's zip format."""
+    path = tmp_path_factory.mktemp("torchvision") / "alexnet-owt-7be5be79.pth"
+    torch.save(torchvision_module(torchvision_weights).state_dict(), path)
     return path
