@@ -3,19 +3,29 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: serve test lint typecheck unit model bench docker clean
+.PHONY: serve test lint typecheck unit model bench lock clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
-$(VENV)/.runtime: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e .
+$(VENV)/.runtime: requirements/runtime.lock pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q --require-hashes -r requirements/runtime.lock
+	$(BIN)/pip install -q --no-deps -e .
 	touch $@
 
-$(VENV)/.dev: pyproject.toml $(VENV)/.runtime
-	$(BIN)/pip install -q -e '.[dev]'
+$(VENV)/.dev: requirements/dev.lock $(VENV)/.runtime
+	$(BIN)/pip install -q --require-hashes -r requirements/dev.lock
+	$(BIN)/pip install -q 'torch==2.13.0'
 	touch $@
+
+LOCK := $(BIN)/uv pip compile pyproject.toml --generate-hashes --python-version 3.11 \
+	--python-platform x86_64-manylinux_2_28 --no-header --quiet
+
+lock: $(VENV)/.dev  ## re-pin requirements/*.lock (with hashes) after changing dependencies in pyproject.toml
+	$(LOCK) -o requirements/runtime.lock
+	$(LOCK) --extra cuda -o requirements/cuda.lock
+	$(LOCK) --extra dev -o requirements/dev.lock
 
 serve: $(VENV)/.runtime  ## install, build the model if missing, serve on :8000
 	$(BIN)/python -m app
