@@ -11,6 +11,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 CUDA_PROVIDER = "CUDAExecutionProvider"
+TENSORRT_PROVIDER = "TensorrtExecutionProvider"
 CPU_PROVIDER = "CPUExecutionProvider"
 MAX_TOP_K = 1000
 DEFAULT_TOP_K = 5
@@ -37,6 +38,13 @@ class Settings(BaseSettings):
     providers: Annotated[list[str], NoDecode] = [CUDA_PROVIDER, CPU_PROVIDER]
     device_id: int = Field(default=0, ge=0)
     require_cuda: bool = False
+    # CUDA EP tuning. HEURISTIC avoids an exhaustive cuDNN search for every new batch size.
+    cudnn_conv_algo_search: Literal["EXHAUSTIVE", "HEURISTIC", "DEFAULT"] = "HEURISTIC"
+    cuda_arena_extend_strategy: Literal["kNextPowerOfTwo", "kSameAsRequested"] = "kNextPowerOfTwo"
+    cuda_mem_limit_bytes: int = Field(default=0, ge=0, description="0 means no limit")
+    # Bind input and output buffers explicitly (saves an output allocation and copy per run on GPU).
+    io_binding: bool = True
+    tensorrt_cache_dir: Path = Path.home() / ".cache" / "alexnet-serve" / "tensorrt"
     require_trained: bool = False
     # 0 lets onnxruntime pick (one thread per physical core).
     intra_op_threads: int = Field(default=0, ge=0)

@@ -100,7 +100,9 @@ class Runtime:
 
     async def _warm_up(self) -> None:
         started = time.perf_counter()
-        await asyncio.to_thread(self.model.warm_up, self.settings.warmup_runs)
+        # Warm the shapes real traffic will use: single images and full batches.
+        sizes = tuple(sorted({1, self.settings.max_batch_size}))
+        await asyncio.to_thread(self.model.warm_up, self.settings.warmup_runs, sizes)
         self._ready.set()
         logger.info(
             "warm-up done in %.0f ms (%d runs); ready to serve",
