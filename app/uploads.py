@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import PureWindowsPath
 
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
@@ -20,6 +21,19 @@ ACCEPTED_TYPES_HINT = "multipart/form-data, image/*, or application/octet-stream
 class Upload:
     filename: str | None
     data: bytes
+
+
+MAX_FILENAME_LENGTH = 255
+
+
+def safe_filename(filename: str | None) -> str | None:
+    """The client's filename reduced to a plain base name, since it is echoed back in responses."""
+    if not filename:
+        return None
+    # PureWindowsPath splits on both / and \\, so "../../etc/passwd" and "C:\\x\\y.jpg" both lose their folders.
+    name = PureWindowsPath(filename).name
+    printable = "".join(character for character in name if character.isprintable())
+    return printable[:MAX_FILENAME_LENGTH] or None
 
 
 def _media_type(request: Request) -> str:
@@ -69,6 +83,6 @@ async def _multipart_files(request: Request, field: str, max_files: int) -> list
     for value in form.getlist(field):
         if not isinstance(value, UploadFile):
             raise InvalidParameterError(f"the multipart field {field!r} must be a file, not text")
-        uploads.append(Upload(filename=value.filename, data=await value.read()))
+        uploads.append(Upload(filename=safe_filename(value.filename), data=await value.read()))
     await form.close()
     return uploads
