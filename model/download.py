@@ -84,6 +84,11 @@ def fetch_weights(weights_file: WeightsFile, cache_dir: Path, *, progress: bool 
         with urllib.request.urlopen(weights_file.url, timeout=TIMEOUT_SECONDS) as response:
             total = int(response.headers.get("Content-Length") or 0) or None
             return _stream_to_cache(response, total, weights_file, cache_dir, progress=progress)
+    except urllib.error.HTTPError as error:
+        error.close()
+        raise WeightsUnavailableError(
+            unavailable_message(weights_file, cache_dir, f"{weights_file.url} answered HTTP {error.code}")
+        ) from None
     except (urllib.error.URLError, TimeoutError, ConnectionError) as error:
         reason = getattr(error, "reason", error)
         raise WeightsUnavailableError(

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -16,8 +18,8 @@ from caffe_writer import (
     varint_field,
 )
 
-from model.architecture import AlexNetWeights
-from model.caffe import parse_net, read_caffemodel
+from model.architecture import BVLC_ALEXNET, AlexNetWeights
+from model.caffe import CaffeBlob, CaffeLayer, parse_net, read_caffemodel, weights_from_layers
 from model.errors import WeightsFormatError
 
 
@@ -73,34 +75,48 @@ def test_ungrouped_conv2_is_rejected_with_group_count(tmp_path: Path, bvlc_weigh
         read_caffemodel(path)
 
 
-def test_wrong_fc_shape_is_rejected(tmp_path: Path, bvlc_weights: AlexNetWeights) -> None:
-    path = _write_with(tmp_path, bvlc_weights, "fc7", np.zeros((1000, 4096), np.float32), np.zeros(1000, np.float32))
-    with pytest.raises(
-        WeightsFormatError, match=r"fc7 weights have shape \[1, 1, 1000, 4096\], expected \[4096, 4096\]"
-    ):
-        read_caffemodel(path)
+@pytest.fixture(scope="module")
+def v1_layers(v1_caffemodel: Path) -> list[CaffeLayer]:
+    return parse_net(v1_caffemodel.read_bytes())
 
 
-def test_layer_without_bias_is_rejected(tmp_path: Path, bvlc_weights: AlexNetWeights) -> None:
-    path = _write_with(tmp_path, bvlc_weights, "conv3", bvlc_weights.layers["conv3"].weight)
+def _replaced(layers: list[CaffeLayer], name: str, **changes: Any) -> list[CaffeLayer]:
+    return [dataclasses.replace(layer, **changes) if layer.name == name else layer for layer in layers]
+
+
+def test_parsed_layers_give_the_weights(v1_layers: list[CaffeLayer], bvlc_weights: AlexNetWeights) -> None:
+    assert_same_weights(weights_from_layers(v1_layers, BVLC_ALEXNET, Path("x")), bvlc_weights)
+
+
+def test_wrong_fc_shape_is_rejected(v1_layers: list[CaffeLayer]) -> None:
+    fc7 = next(layer for layer in v1_layers if layer.name == "fc7")
+    wrong = CaffeBlob(shape=(1, 1, 1000, 4096), values=np.zeros(1000 * 4096, np.float32))
+    layers = _replaced(v1_layers, "fc7", blobs=(wrong, fc7.blobs[1]))
+    expected = r"fc7 weights have shape \[1, 1, 1000, 4096\], expected \[4096, 4096\]"
+    with pytest.raises(WeightsFormatError, match=expected):
+        weights_from_layers(layers, BVLC_ALEXNET, Path("x"))
+
+
+def test_layer_without_bias_is_rejected(v1_layers: list[CaffeLayer]) -> None:
+    conv3 = next(layer for layer in v1_layers if layer.name == "conv3")
     with pytest.raises(WeightsFormatError, match="conv3 has 1 blobs, expected 2"):
-        read_caffemodel(path)
+        weights_from_layers(_replaced(v1_layers, "conv3", blobs=conv3.blobs[:1]), BVLC_ALEXNET, Path("x"))
 
 
-def test_missing_layer_is_named(tmp_path: Path, bvlc_weights: AlexNetWeights) -> None:
-    layer_list = [(name, kind) for name, kind in BVLC_TRAIN_LAYERS if name != "fc8"]
-    path = tmp_path / "no_fc8.caffemodel"
-    path.write_bytes(caffemodel(raw_layers(bvlc_weights), "v1", layer_list))
+def test_missing_layer_is_named(v1_layers: list[CaffeLayer]) -> None:
+    layers = [layer for layer in v1_layers if layer.name != "fc8"]
     with pytest.raises(WeightsFormatError, match=r"lacks layer\(s\) fc8 \(layers found: data, conv1"):
-        read_caffemodel(path)
+        weights_from_layers(layers, BVLC_ALEXNET, Path("x"))
 
 
-def test_wrong_layer_type_is_rejected(tmp_path: Path, bvlc_weights: AlexNetWeights) -> None:
-    layer_list = [(name, "InnerProduct" if name == "conv1" else kind) for name, kind in BVLC_TRAIN_LAYERS]
-    path = tmp_path / "typed.caffemodel"
-    path.write_bytes(caffemodel(raw_layers(bvlc_weights), "v1", layer_list))
+def test_duplicate_layer_is_rejected(v1_layers: list[CaffeLayer]) -> None:
+    with pytest.raises(WeightsFormatError, match="layer fc6 appears twice"):
+        weights_from_layers([*v1_layers, v1_layers[16]], BVLC_ALEXNET, Path("x"))
+
+
+def test_wrong_layer_type_is_rejected(v1_layers: list[CaffeLayer]) -> None:
     with pytest.raises(WeightsFormatError, match="conv1 is InnerProduct, expected Convolution"):
-        read_caffemodel(path)
+        weights_from_layers(_replaced(v1_layers, "conv1", type="InnerProduct"), BVLC_ALEXNET, Path("x"))
 
 
 def test_blob_with_too_few_values_is_rejected() -> None:

@@ -1,26 +1,21 @@
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import onnx
 import onnxruntime
 import pytest
 
-from model.architecture import TORCHVISION_ALEXNET, AlexNetWeights
+from model.architecture import TORCHVISION_ALEXNET
 from model.export import ExportSummary
-from model.graph import OPSET, build_model, check_pooling_rounding
+from model.graph import OPSET, check_pooling_rounding
 from model.labels import imagenet_labels
 from model.metadata import (
     BVLC_PREPROCESSING,
     INPUT_NAME,
     NUM_CLASSES,
     OUTPUT_NAME,
-    TORCHVISION_LICENSE,
-    TORCHVISION_PREPROCESSING,
     ModelCard,
 )
-from model.reference import forward
 from model.verify import sample_images
 
 
@@ -68,28 +63,6 @@ def test_runs_with_any_batch_size(random_export: ExportSummary, batch: int) -> N
     (probabilities,) = session.run([OUTPUT_NAME], {INPUT_NAME: sample_images(BVLC_PREPROCESSING, batch, seed=5)})
     assert probabilities.shape == (batch, NUM_CLASSES)
     np.testing.assert_allclose(probabilities.sum(axis=1), np.ones(batch), rtol=1e-5)
-
-
-def test_torchvision_graph_has_no_lrn_and_no_groups(torchvision_weights: AlexNetWeights, tmp_path: Path) -> None:
-    card = ModelCard(
-        architecture=TORCHVISION_ALEXNET.name,
-        weights="torchvision",
-        weights_sha256=torchvision_weights.sha256(),
-        trained=False,
-        source_url="test",
-        license=TORCHVISION_LICENSE,
-        preprocessing=TORCHVISION_PREPROCESSING,
-        labels=imagenet_labels(),
-    )
-    model = build_model(torchvision_weights, card)
-    assert "LRN" not in {node.op_type for node in model.graph.node}
-    assert all(
-        attribute.i == 1 for node in model.graph.node for attribute in node.attribute if attribute.name == "group"
-    )
-    session = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    images = sample_images(TORCHVISION_PREPROCESSING, 2, seed=6)
-    (probabilities,) = session.run([OUTPUT_NAME], {INPUT_NAME: images})
-    assert float(np.abs(probabilities - forward(torchvision_weights, images)).max()) < 1e-5
 
 
 def test_pooling_rounding_check_rejects_sizes_where_caffe_would_differ() -> None:
