@@ -1,0 +1,171 @@
+"""The v2 routes: exact bodies in-process, and the official Triton HTTP client against the real server."""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import numpy.typing as npt
+import pytest
+import tritonclient.http as triton
+from fastapi.testclient import TestClient
+from PIL import Image
+from tritonclient.utils import InferenceServerException
+
+from app.config import Settings
+from app.main import create_app
+from app.preprocessing import decode_image, preprocess
+from model.labels import imagenet_labels
+from model.metadata import BVLC_PREPROCESSING
+from tests.app.live_server import LiveServer, live_server
+
+SIZE = BVLC_PREPROCESSING.input_size
+
+
+def _jpeg(seed: int) -> bytes:
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 256, (300, 400, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def client(served_model_path: Path) -> Iterator[TestClient]:
+    settings = Settings(model_path=served_model_path, providers=["CPUExecutionProvider"], warmup_runs=1)
+    with TestClient(create_app(settings)) as test_client:
+        deadline = time.monotonic() + 30
+        while test_client.get("/v2/health/ready").status_code != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        yield test_client
+
+
+@pytest.fixture(scope="module")
+def server(served_model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    with live_server(served_model_path, tmp_path_factory.mktemp("v2-server")) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def triton_client(server: LiveServer) -> triton.InferenceServerClient:
+    return triton.InferenceServerClient(server.url.removeprefix("http://"))
+
+
+def test_health_and_metadata(client: TestClient) -> None:
+    assert client.get("/v2/health/live").json() == {"live": True}
+    ready = client.get("/v2/health/ready")
+    assert (ready.status_code, ready.json()) == (200, {"ready": True})
+    assert client.get("/v2/models/alexnet/ready").json() == {"name": "alexnet", "ready": True}
+    server_metadata = client.get("/v2").json()
+    assert server_metadata["name"] == "alexnet-serve"
+    assert server_metadata["extensions"] == ["classification", "binary_tensor_data"]
+    assert client.get("/v2/models/alexnet").json() == {
+        "name": "alexnet",
+        "versions": ["1"],
+        "platform": "onnxruntime_onnx",
+        "inputs": [{"name": "image", "datatype": "FP32", "shape": [-1, 3, SIZE, SIZE]}],
+        "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [-1, 1000]}],
+    }
+
+
+def test_unknown_model_is_404_in_protocol_shape(client: TestClient) -> None:
+    for response in (
+        client.get("/v2/models/resnet"),
+        client.get("/v2/models/resnet/ready"),
+        client.post("/v2/models/resnet/infer", json={"inputs": []}),
+    ):
+        assert response.status_code == 404
+        assert response.json() == {"error": "unknown model 'resnet'; this server serves 'alexnet'"}
+
+
+@pytest.mark.parametrize(
+    ("document", "message"),
+    [
+        (
+            {"inputs": [{"name": "image", "datatype": "FP32", "shape": [1, 3, 2, 2], "data": [0.0] * 12}]},
+            f"an FP32 input must have shape [N,3,{SIZE},{SIZE}], got [1, 3, 2, 2]",
+        ),
+        (
+            {"inputs": [{"name": "pixels", "datatype": "FP32", "shape": [1], "data": [0.0]}]},
+            "unknown input 'pixels'; this model takes 'image'",
+        ),
+        (
+            {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1, 1], "data": ["aGk="]}]},
+            "a BYTES input must have shape [N] with 1 <= N <= 32",
+        ),
+    ],
+)
+def test_bad_requests_are_422_in_protocol_shape(client: TestClient, document: object, message: str) -> None:
+    response = client.post("/v2/models/alexnet/infer", json=document)
+    assert response.status_code == 422
+    assert response.json() == {"error": message}
+
+
+def test_undecodable_image_is_400(client: TestClient) -> None:
+    document = {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": ["/9j/AAAA"]}]}
+    response = client.post("/v2/models/alexnet/infer", json=document)
+    assert response.status_code == 400
+    assert response.json()["error"].startswith("cannot decode the JPEG image")
+
+
+def _tensor(seed: int) -> npt.NDArray[np.float32]:
+    image = decode_image(_jpeg(seed), max_pixels=10**8).image
+    return preprocess(image, BVLC_PREPROCESSING)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
+def test_triton_client_fp32_tensor(
+    triton_client: triton.InferenceServerClient, server: LiveServer, binary: bool
+) -> None:
+    assert triton_client.is_server_live()
+    assert triton_client.is_server_ready()
+    assert triton_client.is_model_ready("alexnet")
+    batch = np.stack([_tensor(1), _tensor(2)])
+    image = triton.InferInput("image", list(batch.shape), "FP32")
+    image.set_data_from_numpy(batch, binary_data=binary)
+    output = triton.InferRequestedOutput("probabilities", binary_data=binary)
+    probabilities = triton_client.infer("alexnet", [image], outputs=[output]).as_numpy("probabilities")
+    assert probabilities is not None
+    assert probabilities.shape == (2, 1000)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
+    # The same images through /v1/predict give the same answer.
+    for row, seed in zip(probabilities, (1, 2), strict=True):
+        answer = httpx.post(f"{server.url}/v1/predict", content=_jpeg(seed), headers={"Content-Type": "image/jpeg"})
+        top1 = answer.json()["top1"]
+        assert int(np.argmax(row)) == top1["index"]
+        assert float(row[top1["index"]]) == pytest.approx(top1["probability"], abs=1e-5)
+
+
+@pytest.mark.slow
+def test_triton_client_bytes_and_classification(
+    triton_client: triton.InferenceServerClient, server: LiveServer
+) -> None:
+    images = np.array([_jpeg(3), _jpeg(4)], dtype=np.object_)
+    image = triton.InferInput("image", [2], "BYTES")
+    image.set_data_from_numpy(images)
+    top3 = triton.InferRequestedOutput("probabilities", class_count=3)
+    classes = triton_client.infer("alexnet", [image], outputs=[top3]).as_numpy("probabilities")
+    assert classes is not None
+    assert classes.shape == (2, 3)
+    labels = imagenet_labels()
+    for row, jpeg in zip(classes, images, strict=True):
+        answer = httpx.post(f"{server.url}/v1/predict", content=jpeg, headers={"Content-Type": "image/jpeg"}).json()
+        expected = [
+            f"{score['probability']:f}:{score['index']}:{labels[score['index']].label}" for score in answer["top5"][:3]
+        ]
+        assert [entry.decode() for entry in row] == expected
+
+
+@pytest.mark.slow
+def test_triton_client_sees_protocol_errors(triton_client: triton.InferenceServerClient) -> None:
+    wrong = np.zeros((1, 3, 8, 8), dtype=np.float32)
+    image = triton.InferInput("image", list(wrong.shape), "FP32")
+    image.set_data_from_numpy(wrong)
+    with pytest.raises(InferenceServerException, match=r"an FP32 input must have shape \[N,3,227,227\]"):
+        triton_client.infer("alexnet", [image])
