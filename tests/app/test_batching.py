@@ -1,0 +1,224 @@
+"""The micro-batcher, driven by a fake model whose output row is the id written into its input.
+
+The fake holds its first batch until the test releases it, so what queues up meanwhile, and therefore how the
+next batches are formed, is decided by the test and not by timing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Awaitable, Callable
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+from app.batching import InferenceResult, MicroBatcher
+from app.errors import InferenceError, ModelNotReadyError, OverloadedError
+
+FloatArray = npt.NDArray[np.float32]
+WAIT_S = 10.0
+POISON = 13  # an input id the fake model fails on
+
+
+class HeldFakeModel:
+    """`run_batch` stand-in: row i of the output repeats the id in row i of the input; records every batch."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[int]] = []
+        self.first_batch_running = threading.Event()
+        self.release_first_batch = threading.Event()
+
+    def __call__(self, batch: FloatArray) -> FloatArray:
+        ids = [int(row[0]) for row in batch]
+        self.batches.append(ids)
+        if len(self.batches) == 1:
+            self.first_batch_running.set()
+            self.release_first_batch.wait(WAIT_S)
+        if POISON in ids:
+            raise RuntimeError("fake onnxruntime failure")
+        return np.repeat(batch[:, :1], 4, axis=1)
+
+
+def image(image_id: int) -> FloatArray:
+    return np.full(2, image_id, dtype=np.float32)
+
+
+def returned_id(result: InferenceResult) -> int:
+    assert result.probabilities.tolist() == [result.probabilities[0]] * 4
+    return int(result.probabilities[0])
+
+
+async def wait_for_depth(batcher: MicroBatcher, depth: int) -> None:
+    """Let freshly created infer tasks reach the queue (they enqueue on their first step)."""
+    for _ in range(1000):
+        if batcher.depth == depth:
+            return
+        await asyncio.sleep(0)
+    raise AssertionError(f"queue depth is {batcher.depth}, expected {depth}")
+
+
+def run_scenario(
+    scenario: Callable[[MicroBatcher, HeldFakeModel], Awaitable[None]],
+    *,
+    max_batch_size: int = 8,
+    timeout_ms: float = 0.0,
+    max_queue_size: int = 64,
+) -> HeldFakeModel:
+    """Run `scenario` against a started batcher on a fresh event loop; always release the model and stop."""
+    model = HeldFakeModel()
+
+    async def main() -> None:
+        batcher = MicroBatcher(
+            model, max_batch_size=max_batch_size, timeout_ms=timeout_ms, max_queue_size=max_queue_size
+        )
+        batcher.start()
+        try:
+            await scenario(batcher, model)
+        finally:
+            model.release_first_batch.set()
+            await batcher.stop()
+
+    asyncio.run(main())
+    return model
+
+
+async def hold_first_batch(batcher: MicroBatcher, model: HeldFakeModel) -> asyncio.Task[InferenceResult]:
+    """Start image 0 and wait until the model is busy with it: later images queue up behind it."""
+    first = asyncio.create_task(batcher.infer(image(0)))
+    assert await asyncio.to_thread(model.first_batch_running.wait, WAIT_S)
+    return first
+
+
+def test_concurrent_images_share_a_batch_and_each_caller_gets_its_own_row() -> None:
+    results: dict[int, InferenceResult] = {}
+
+    async def scenario(batcher: MicroBatcher, model: HeldFakeModel) -> None:
+        first = await hold_first_batch(batcher, model)
+        waiting = {i: asyncio.create_task(batcher.infer(image(i))) for i in range(1, 6)}
+        await wait_for_depth(batcher, 5)
+        model.release_first_batch.set()
+        results[0] = await first
+        for i, task in waiting.items():
+            results[i] = await task
+
+    model = run_scenario(scenario)
+
+    assert model.batches == [[0], [1, 2, 3, 4, 5]]
+    assert {i: returned_id(result) for i, result in results.items()} == {i: i for i in range(6)}
+    assert {i: result.batch_size for i, result in results.items()} == {0: 1, 1: 5, 2: 5, 3: 5, 4: 5, 5: 5}
+    assert all(result.inference_ms >= 0 and result.queue_ms >= 0 for result in results.values())
+
+
+def test_batches_never_exceed_max_batch_size() -> None:
+    async def scenario(batcher: MicroBatcher, model: HeldFakeModel) -> None:
+        first = await hold_first_batch(batcher, model)
+        waiting = [asyncio.create_task(batcher.infer(image(i))) for i in range(1, 10)]
+        await wait_for_depth(batcher, 9)
+        model.release_first_batch.set()
+        assert [returned_id(result) for result in await asyncio.gather(first, *waiting)] == list(range(10))
+
+    model = run_scenario(scenario, max_batch_size=4)
+
+    assert model.batches == [[0], [1, 2, 3, 4], [5, 6, 7, 8], [9]]
+
+
+def test_an_image_arriving_within_the_batch_timeout_joins_the_batch() -> None:
+    async def scenario(batcher: MicroBatcher, model: HeldFakeModel) -> None:
+        model.release_first_batch.set()  # nothing is held: the worker waits for company instead
+        first = asyncio.create_task(batcher.infer(image(1)))
+        # Arrive after the worker has taken image 1 and started waiting for more, well within its 10 s window.
+        await asyncio.sleep(0.05)
+        second = asyncio.create_task(batcher.infer(image(2)))
+        assert [returned_id(result) for result in await asyncio.gather(first, second)] == [1, 2]
+
+    model = run_scenario(scenario, max_batch_size=2, timeout_ms=10_000)
+
+    assert model.batches == [[1, 2]]
+
+
+def test_a_full_queue_refuses_at_once_with_overloaded() -> None:
+    async def scenario(batcher: MicroBatcher, model: HeldFakeModel) -> None:
+        first = await hold_first_batch(batcher, model)
+        queued = [asyncio.create_task(batcher.infer(image(i))) for i in (1, 2)]
+        await wait_for_depth(batcher, 2)
+
+        with pytest.raises(OverloadedError) as info:
+            await batcher.infer(image(3))
+
+        assert info.value.message == "the inference queue is full (2 images waiting); retry shortly"
+        assert info.value.retry_after_s == 1
+        model.release_first_batch.set()
+        assert [returned_id(result) for result in await asyncio.gather(first, *queued)] == [0, 1, 2]
+
+    model = run_scenario(scenario, max_queue_size=2)
+
+    assert model.batches == [[0], [1, 2]]
+
+
+def test_a_failing_run_fails_every_image_of_its_batch_and_the_worker_carries_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def scenario(batcher: MicroBatcher, model: HeldFakeModel) -> None:
+        first = await hold_first_batch(batcher, model)
+        doomed = [asyncio.create_task(batcher.infer(image(i))) for i in (11, POISON, 12)]
+        await wait_for_depth(batcher, 3)
+        model.release_first_batch.set()
+
+        assert returned_id(await first) == 0
+        outcomes = await asyncio.gather(*doomed, return_exceptions=True)
+        for outcome in outcomes:
+            assert isinstance(outcome, InferenceError)
+            assert outcome.message == "inference failed; the error is in the server log"
+        assert returned_id(await batcher.infer(image(4))) == 4
+
+    with caplog.at_level(logging.ERROR, logger="app.batching"):
+        model = run_scenario(scenario)
+
+    assert model.batches == [[0], [11, POISON, 12], [4]]
+    [record] = [record for record in caplog.records if record.name == "app.batching"]
+    assert record.getMessage() == "inference failed for a batch of 3"
+    assert record.exc_info is not None and isinstance(record.exc_info[1], RuntimeError)
+
+
+def test_callers_that_gave_up_are_left_out_of_the_batch() -> None:
+    async def scenario(batcher: MicroBatcher, model: HeldFakeModel) -> None:
+        first = await hold_first_batch(batcher, model)
+        impatient = asyncio.create_task(batcher.infer(image(1)))
+        patient = asyncio.create_task(batcher.infer(image(2)))
+        await wait_for_depth(batcher, 2)
+        impatient.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await impatient
+        model.release_first_batch.set()
+        assert [returned_id(await first), returned_id(await patient)] == [0, 2]
+
+    model = run_scenario(scenario)
+
+    assert model.batches == [[0], [2]]
+
+
+def test_stop_drains_queued_images_then_refuses_new_ones() -> None:
+    async def scenario(batcher: MicroBatcher, model: HeldFakeModel) -> None:
+        first = await hold_first_batch(batcher, model)
+        queued = [asyncio.create_task(batcher.infer(image(i))) for i in (1, 2)]
+        await wait_for_depth(batcher, 2)
+        stopping = asyncio.create_task(batcher.stop())
+        await asyncio.sleep(0)  # stop() has started: new work is refused while the queue drains
+
+        with pytest.raises(ModelNotReadyError) as during:
+            await batcher.infer(image(3))
+
+        model.release_first_batch.set()
+        await stopping
+        assert [returned_id(result) for result in await asyncio.gather(first, *queued)] == [0, 1, 2]
+        with pytest.raises(ModelNotReadyError) as after:
+            await batcher.infer(image(4))
+        message = "the server is shutting down; retry on another replica"
+        assert during.value.message == after.value.message == message
+
+    model = run_scenario(scenario)
+
+    assert model.batches == [[0], [1, 2]]
