@@ -4,14 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
-from caffe_writer import caffemodel, raw_layers
-from torch_alexnet import torchvision_module
 
-from model.architecture import BVLC_ALEXNET, TORCHVISION_ALEXNET, AlexNetWeights
-from model.export import ExportSummary, export_model
+from model.architecture import BVLC_ALEXNET, TORCHVISION_ALEXNET, AlexNetWeights, LayerWeights
+from model.export import ExportSummary
 from model.random_weights import random_weights
+from tests.model.caffe_writer import caffemodel, raw_layers
+from tests.model.torch_alexnet import torchvision_module
+
+FC8_SCALE = 10.0
 
 
 @pytest.fixture(scope="session")
@@ -21,13 +24,18 @@ def bvlc_weights() -> AlexNetWeights:
 
 @pytest.fixture(scope="session")
 def torchvision_weights() -> AlexNetWeights:
-    return random_weights(TORCHVISION_ALEXNET, seed=2)
+    """Random torchvision weights with fc8 scaled up: inputs of about +-2 would otherwise give nearly
+    uniform probabilities, which would hide differences between implementations."""
+    weights = random_weights(TORCHVISION_ALEXNET, seed=2)
+    layers = dict(weights.layers)
+    layers["fc8"] = LayerWeights(weight=layers["fc8"].weight * np.float32(FC8_SCALE), bias=layers["fc8"].bias)
+    return AlexNetWeights(spec=TORCHVISION_ALEXNET, layers=layers)
 
 
 @pytest.fixture(scope="session")
-def random_export(tmp_path_factory: pytest.TempPathFactory) -> ExportSummary:
-    output = tmp_path_factory.mktemp("random") / "alexnet.onnx"
-    return export_model("random", output=output, cache_dir=output.parent / "cache", progress=False)
+def random_export(served_model: ExportSummary) -> ExportSummary:
+    """The seeded random-weights export (tests/conftest.py builds it once for every test package)."""
+    return served_model
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,11 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import pytest
-from caffe_writer import (
+
+from model.architecture import BVLC_ALEXNET, AlexNetWeights
+from model.caffe import CaffeBlob, CaffeLayer, parse_net, read_caffemodel, weights_from_layers
+from model.errors import WeightsFormatError
+from tests.model.caffe_writer import (
     BVLC_TRAIN_LAYERS,
     blob,
     caffemodel,
@@ -17,10 +21,6 @@ from caffe_writer import (
     unpacked_float_field,
     varint_field,
 )
-
-from model.architecture import BVLC_ALEXNET, AlexNetWeights
-from model.caffe import CaffeBlob, CaffeLayer, parse_net, read_caffemodel, weights_from_layers
-from model.errors import WeightsFormatError
 
 
 def assert_same_weights(actual: AlexNetWeights, expected: AlexNetWeights) -> None:

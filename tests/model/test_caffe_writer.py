@@ -8,8 +8,9 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from caffe_writer import caffemodel
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory  # type: ignore[import-untyped]
+
+from tests.model.caffe_writer import caffemodel
 
 FieldType = descriptor_pb2.FieldDescriptorProto
 OPTIONAL, REPEATED = FieldType.LABEL_OPTIONAL, FieldType.LABEL_REPEATED

@@ -12,7 +12,6 @@ import numpy as np
 import onnx
 import onnxruntime
 import pytest
-from torch_alexnet import torchvision_probabilities
 
 from model import export as export_module
 from model.architecture import AlexNetWeights
@@ -21,6 +20,7 @@ from model.export import ExportSummary, export_default_model, export_model
 from model.metadata import INPUT_NAME, OUTPUT_NAME, TORCHVISION_PREPROCESSING
 from model.sources import SOURCES, SourceSpec, WeightsFile
 from model.verify import TOLERANCE, sample_images, verify_model
+from tests.model.torch_alexnet import torchvision_probabilities
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 

@@ -3,12 +3,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 from torch.nn import functional
-from torch_alexnet import caffe_probabilities, torchvision_probabilities
 
 from model import reference
 from model.architecture import LRN_ALPHA, LRN_BETA, LRN_BIAS, LRN_SIZE, AlexNetWeights, ConvLayer
 from model.metadata import BVLC_PREPROCESSING, TORCHVISION_PREPROCESSING
 from model.verify import sample_images
+from tests.model.torch_alexnet import caffe_probabilities, torchvision_probabilities
 
 
 def test_grouped_convolution_matches_torch() -> None:

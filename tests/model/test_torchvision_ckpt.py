@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from torch_alexnet import TorchvisionAlexNet, torchvision_module
 
 from model.architecture import AlexNetWeights
 from model.errors import WeightsFormatError
 from model.torchvision_ckpt import _rebuild_tensor, read_torchvision_checkpoint
+from tests.model.torch_alexnet import TorchvisionAlexNet, torchvision_module
 
 
 def assert_same_weights(actual: AlexNetWeights, expected: AlexNetWeights) -> None:
@@ -67,7 +67,7 @@ def test_builtins_eval_in_hand_made_pickle_is_refused(tmp_path: Path) -> None:
 def test_whole_pickled_module_is_refused(tmp_path: Path, torchvision_weights: AlexNetWeights) -> None:
     path = tmp_path / "module.pth"
     torch.save(torchvision_module(torchvision_weights), path)
-    with pytest.raises(WeightsFormatError, match="forbidden global torch_alexnet.TorchvisionAlexNet"):
+    with pytest.raises(WeightsFormatError, match="forbidden global tests.model.torch_alexnet.TorchvisionAlexNet"):
         read_torchvision_checkpoint(path)
 
 
