@@ -1,0 +1,157 @@
+"""Loading the model: every way it can be refused, the provider report, and the warnings it logs."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper
+
+from app.config import CPU_PROVIDER, CUDA_PROVIDER, Settings
+from app.errors import ModelLoadError
+from app.inference import CPU_FALLBACK_WARNING, UNTRAINED_WARNING, load_model
+from model.labels import imagenet_labels
+from model.metadata import BVLC_PREPROCESSING, ModelCard
+
+# Kept low so any onnxruntime release that can serve the real model can load these tiny ones.
+TINY_MODEL_IR_VERSION = 8
+TINY_MODEL_OPSET = 13
+
+
+def cpu_settings(model_path: Path, **overrides: Any) -> Settings:
+    return Settings(model_path=model_path, providers=[CPU_PROVIDER], **overrides)
+
+
+def write_identity_model(path: Path, input_shape: list[int | str], props: dict[str, str] | None = None) -> Path:
+    """A one-node ONNX file (image -> probabilities, unchanged), with the given metadata_props."""
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["image"], ["probabilities"])],
+        "identity",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, input_shape)],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, input_shape)],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", TINY_MODEL_OPSET)])
+    model.ir_version = TINY_MODEL_IR_VERSION
+    helper.set_model_props(model, props or {})
+    onnx.save(model, str(path))
+    return path
+
+
+def untrained_card_props() -> dict[str, str]:
+    card = ModelCard(
+        architecture="bvlc_alexnet",
+        weights="random",
+        weights_sha256="0" * 64,
+        trained=False,
+        source_url="seeded:test",
+        license="test",
+        preprocessing=BVLC_PREPROCESSING,
+        labels=imagenet_labels(),
+    )
+    return card.to_props()
+
+
+@pytest.fixture(scope="module")
+def cuda_is_active(tmp_path_factory: pytest.TempPathFactory) -> bool:
+    """Whether onnxruntime really runs on CUDA here (a tiny model asks for it)."""
+    path = write_identity_model(tmp_path_factory.mktemp("probe") / "probe.onnx", [1])
+    session = ort.InferenceSession(str(path), providers=[CUDA_PROVIDER, CPU_PROVIDER])
+    return CUDA_PROVIDER in session.get_providers()
+
+
+@pytest.fixture
+def without_cuda(cuda_is_active: bool) -> None:
+    if cuda_is_active:
+        pytest.skip("CUDA is active on this machine: there is no CPU fallback to observe")
+
+
+def test_missing_model_file(tmp_path: Path) -> None:
+    path = tmp_path / "absent.onnx"
+    with pytest.raises(ModelLoadError) as info:
+        load_model(cpu_settings(path))
+    assert str(info.value) == (
+        f"model file {path} does not exist; build it with `python -m model export` or set ALEXNET_MODEL_PATH"
+    )
+
+
+def test_corrupt_model_file(tmp_path: Path) -> None:
+    path = tmp_path / "corrupt.onnx"
+    path.write_bytes(b"this is not a protobuf, let alone an ONNX model" * 10)
+    with pytest.raises(ModelLoadError, match=rf"^onnxruntime cannot load {path}: .+"):
+        load_model(cpu_settings(path))
+
+
+def test_onnx_file_without_our_metadata(tmp_path: Path) -> None:
+    path = write_identity_model(tmp_path / "foreign.onnx", ["N", 3, 227, 227])
+    with pytest.raises(ModelLoadError) as info:
+        load_model(cpu_settings(path))
+    assert str(info.value) == (
+        f"{path}: the ONNX file has no alexnet.* metadata; export it with `python -m model export`"
+    )
+
+
+def test_metadata_that_does_not_match_the_graph(tmp_path: Path) -> None:
+    path = write_identity_model(tmp_path / "small.onnx", ["N", 3, 8, 8], untrained_card_props())
+    with pytest.raises(ModelLoadError, match=rf"^{path}: expected input 'image' \[N,3,227,227\], found "):
+        load_model(cpu_settings(path))
+
+
+def test_require_trained_refuses_the_random_model(served_model_path: Path) -> None:
+    with pytest.raises(ModelLoadError) as info:
+        load_model(cpu_settings(served_model_path, require_trained=True))
+    assert str(info.value) == (
+        f"ALEXNET_REQUIRE_TRAINED is set but {served_model_path} has untrained (random) weights; "
+        "export it with trained weights: python -m model export --weights bvlc"
+    )
+
+
+@pytest.mark.usefixtures("without_cuda")
+def test_require_cuda_refuses_to_start_without_cuda(served_model_path: Path) -> None:
+    settings = Settings(model_path=served_model_path, require_cuda=True)
+    assert settings.providers == [CUDA_PROVIDER, CPU_PROVIDER]
+    with pytest.raises(ModelLoadError, match=r"^ALEXNET_REQUIRE_CUDA is set but CUDA is not active: .+"):
+        load_model(settings)
+
+
+@pytest.mark.usefixtures("without_cuda")
+def test_default_providers_fall_back_to_cpu_and_say_why(
+    served_model_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="app.inference"):
+        model = load_model(Settings(model_path=served_model_path))
+
+    report = model.providers
+    assert report.requested == [CUDA_PROVIDER, CPU_PROVIDER]
+    assert report.active == [CPU_PROVIDER]
+    assert report.cuda_fallback_reason
+    assert model.warnings == [UNTRAINED_WARNING, CPU_FALLBACK_WARNING]
+    fallbacks = [record for record in caplog.records if CPU_FALLBACK_WARNING in record.getMessage()]
+    assert len(fallbacks) == 1
+    assert fallbacks[0].levelno == logging.WARNING
+    assert report.cuda_fallback_reason in fallbacks[0].getMessage()
+
+
+def test_cpu_only_model_reports_no_fallback_and_warns_it_is_untrained(
+    served_model_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="app.inference"):
+        model = load_model(cpu_settings(served_model_path))
+
+    assert (model.providers.requested, model.providers.active) == ([CPU_PROVIDER], [CPU_PROVIDER])
+    assert model.providers.cuda_fallback_reason is None
+    assert model.warnings == [UNTRAINED_WARNING]
+    assert not model.card.trained
+    warnings = [record for record in caplog.records if record.levelno == logging.WARNING]
+    assert [record.getMessage() for record in warnings] == [
+        f"UNTRAINED MODEL: {UNTRAINED_WARNING} ({served_model_path}, weights=random)"
+    ]
+
+    probabilities = model.run(np.zeros((2, 3, 227, 227), dtype=np.float32))
+    assert probabilities.shape == (2, 1000)
+    assert probabilities.dtype == np.float32
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=0, atol=1e-5)
