@@ -1,0 +1,56 @@
+"""The real server: `python -m app` on a free loopback port, real image files both ways, then SIGTERM."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import httpx
+import pytest
+
+from model.export import ExportSummary
+from tests.app.live_server import STOP_TIMEOUT_S, live_server
+from tests.app.sample_images import scene_bytes
+from tests.app.service_support import check_prediction, untrained_model_summary
+
+REQUEST_TIMEOUT_S = 30.0
+
+
+@pytest.mark.slow
+def test_real_server_classifies_jpeg_and_png_files_both_ways_and_stops_cleanly(
+    served_model: ExportSummary, tmp_path: Path
+) -> None:
+    images = {
+        tmp_path / "street.jpg": ("image/jpeg", scene_bytes(640, 427, "JPEG", seed=21, quality=85)),
+        tmp_path / "drawing.png": ("image/png", scene_bytes(300, 400, "PNG", seed=22)),
+    }
+    for path, (_, data) in images.items():
+        path.write_bytes(data)
+
+    with live_server(served_model.output, tmp_path) as server:
+        with httpx.Client(base_url=server.url, timeout=REQUEST_TIMEOUT_S) as http:
+            for path, (media_type, _) in images.items():
+                with path.open("rb") as upload:
+                    as_multipart = http.post("/v1/predict", files={"file": (path.name, upload, media_type)})
+                as_raw_body = http.post(
+                    "/v1/predict?top_k=10", content=path.read_bytes(), headers={"content-type": media_type}
+                )
+
+                assert as_multipart.status_code == 200, f"{path.name}: {as_multipart.text}\n{server.log()}"
+                assert as_raw_body.status_code == 200, f"{path.name}: {as_raw_body.text}\n{server.log()}"
+                check_prediction(as_multipart.json(), top_k=5, weights_sha256=served_model.weights_sha256)
+                check_prediction(as_raw_body.json(), top_k=10, weights_sha256=served_model.weights_sha256)
+                assert as_multipart.json()["top5"] == as_raw_body.json()["top5"]
+
+            health = http.get("/health").json()
+            assert (health["status"], health["model"]) == (
+                "ready",
+                untrained_model_summary(served_model.weights_sha256),
+            )
+
+        server.process.send_signal(signal.SIGTERM)
+        exit_code = server.process.wait(timeout=STOP_TIMEOUT_S)
+
+    log = server.log()
+    assert exit_code == 0, log
+    assert "shutdown complete" in log, log
