@@ -54,6 +54,9 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=20 * 1024 * 1024, ge=1)
     max_image_pixels: int = Field(default=40_000_000, ge=1)
     max_batch_images: int = Field(default=32, ge=1)
+    # Decode large JPEGs at reduced scale (Pillow draft mode): much faster, but no longer bit-exact with the
+    # reference preprocessing (see README, Performance). Off by default: correctness first.
+    fast_jpeg_decode: bool = False
 
     # Dynamic micro-batching: requests arriving within `batch_timeout_ms` share one session.run.
     max_batch_size: int = Field(default=16, ge=1)

@@ -188,7 +188,8 @@ class Runtime:
     def _prepare(self, data: bytes) -> tuple[npt.NDArray[np.float32], float, float]:
         pre = self.model.card.preprocessing
         started = time.perf_counter()
-        decoded = decode_image(data, max_pixels=self.settings.max_image_pixels, draft_size=pre.resize_size)
+        draft_size = pre.resize_size if self.settings.fast_jpeg_decode else None
+        decoded = decode_image(data, max_pixels=self.settings.max_image_pixels, draft_size=draft_size)
         decoded_at = time.perf_counter()
         tensor = preprocess(decoded.image, pre)
         finished = time.perf_counter()
