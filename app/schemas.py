@@ -128,6 +128,7 @@ class ModelInfoResponse(BaseModel):
     weights: str
     weights_sha256: str
     trained: bool
+    precision: str = Field(description="fp32, or fp16 (half-precision weights and activations)")
     source_url: str
     license: str
     input_name: str

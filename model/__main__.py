@@ -28,6 +28,12 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--cache-dir", type=Path, help=f"download cache (default: {DEFAULT_CACHE_DIR})")
     export.add_argument("--seed", type=int, default=0, help="seed for --weights random (default: 0)")
     export.add_argument(
+        "--precision",
+        choices=["fp32", "fp16"],
+        default="fp32",
+        help="fp16: half-precision weights and activations, for GPUs (default: fp32)",
+    )
+    export.add_argument(
         "--skip-hash-check",
         action="store_true",
         help="accept a --checkpoint that is not the pinned release; the model is then marked trained: false",
@@ -62,6 +68,7 @@ def run_export(arguments: argparse.Namespace) -> int:
         cache_dir=arguments.cache_dir,
         seed=arguments.seed,
         check_hash=not arguments.skip_hash_check,
+        precision=arguments.precision,
     )
     sys.stdout.write("\n".join(summary.lines()) + "\n")
     if not summary.trained:

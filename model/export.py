@@ -18,7 +18,8 @@ from model.download import check_digest, fetch_weights, file_hexdigest
 from model.errors import WeightsUnavailableError
 from model.graph import build_model
 from model.labels import imagenet_labels
-from model.metadata import Architecture, ModelCard, WeightsSource
+from model.metadata import Architecture, ModelCard, Precision, WeightsSource
+from model.precision import to_float16
 from model.random_weights import random_weights
 from model.sources import DEFAULT_CACHE_DIR, RANDOM_SOURCE_URL, SOURCES, SourceSpec
 from model.torchvision_ckpt import read_torchvision_checkpoint
@@ -72,6 +73,7 @@ def export_model(
     seed: int = 0,
     check_hash: bool = True,
     progress: bool = True,
+    precision: Precision = "fp32",
 ) -> ExportSummary:
     """Load or generate the weights, build the graph and write `output` atomically.
 
@@ -98,9 +100,12 @@ def export_model(
         license=source.license,
         preprocessing=source.preprocessing,
         labels=imagenet_labels(),
+        precision=precision,
     )
-    log.info("building the ONNX graph")
+    log.info("building the ONNX graph (%s)", precision)
     model = build_model(loaded.weights, card)
+    if precision == "fp16":
+        model = to_float16(model)
     log.info("writing %s", output)
     write_atomically(model, output)
     return ExportSummary(

@@ -22,6 +22,7 @@ Architecture = Literal["bvlc_alexnet", "torchvision_alexnet"]
 WeightsSource = Literal["bvlc", "torchvision", "random"]
 ResizePolicy = Literal["stretch", "shorter_side"]
 ChannelOrder = Literal["RGB", "BGR"]
+Precision = Literal["fp32", "fp16"]
 
 BVLC_LICENSE = (
     "BVLC AlexNet weights: released by the Berkeley Vision and Learning Center for unrestricted use "
@@ -74,6 +75,8 @@ class ModelCard:
     license: str
     preprocessing: Preprocessing
     labels: tuple[Label, ...]
+    # Of weights and activations; the input and output tensors are float32 either way.
+    precision: Precision = "fp32"
 
     @property
     def name(self) -> str:
@@ -90,6 +93,7 @@ class ModelCard:
             "trained": "true" if self.trained else "false",
             "source_url": self.source_url,
             "license": self.license,
+            "precision": self.precision,
             "input_size": str(pre["input_size"]),
             "resize_policy": pre["resize_policy"],
             "resize_size": str(pre["resize_size"]),
@@ -132,6 +136,8 @@ class ModelCard:
                 trained=_choice(ours, "trained", ("true", "false")) == "true",
                 source_url=ours["source_url"],
                 license=ours["license"],
+                # Files written before half precision existed are float32.
+                precision=_choice({"precision": ours.get("precision", "fp32")}, "precision", ("fp32", "fp16")),  # type: ignore[arg-type]
                 preprocessing=preprocessing,
                 labels=labels,
             )

@@ -24,6 +24,7 @@ async def get_model(runtime: RuntimeDep) -> ModelInfoResponse:
         weights=card.weights,
         weights_sha256=card.weights_sha256,
         trained=card.trained,
+        precision=card.precision,
         source_url=card.source_url,
         license=card.license,
         input_name=INPUT_NAME,
