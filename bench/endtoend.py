@@ -1,0 +1,211 @@
+"""End to end: the real server under the load generator, level by level, with the server's own view of each level."""
+
+from __future__ import annotations
+
+import logging
+import os
+import resource
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.images import BenchImage
+from bench.load import LoadRun, LoadSpec, run_load
+from bench.plan import BodyKind, Plan
+from bench.procfs import CpuSnapshot, others_cpu_percent, process_cpu_seconds, rss_kib
+from bench.server import HOST, ServerProcess
+from bench.stats import LatencySummary, rate
+
+logger = logging.getLogger(__name__)
+
+STAGES = ("decode", "preprocess", "queue", "infer", "total")
+
+
+@dataclass(frozen=True)
+class LevelResult:
+    """One concurrency level and body kind.
+
+    Stage means are the server's Server-Timing values (ms); `outside_runtime_ms` is client latency minus the
+    server's own total: uvicorn, ASGI middleware, body/multipart parsing, JSON, and waiting for the event loop.
+    CPU percentages are of one core (200 = both cores of a 2-core machine); `others_cpu_percent` is what the
+    rest of the machine used meanwhile, i.e. how noisy this level's numbers are.
+    """
+
+    concurrency: int
+    body: BodyKind
+    images_per_s: float
+    latency: LatencySummary
+    requests: int
+    errors: int
+    error_samples: list[str]
+    mean_batch_size: float
+    inference_busy_percent: float
+    server_cpu_percent: float
+    # Server CPU time per successful image: unlike throughput, barely moved by other processes' load.
+    server_cpu_ms_per_image: float
+    client_cpu_percent: float
+    others_cpu_percent: float
+    stage_means_ms: dict[str, float]
+    outside_runtime_ms: float
+    rss_kib: int
+    # (image index, latency ms) of every measured request, for the paired c=1 overhead.
+    samples: list[tuple[int, float]]
+
+
+@dataclass(frozen=True)
+class ServerResult:
+    label: str
+    settings_env: dict[str, str]
+    providers: list[str]
+    startup_s: float
+    rss_after_warmup_kib: int
+    rss_after_run_kib: int
+    warmup_errors: int
+    levels: list[LevelResult]
+    log_path: str
+
+    @property
+    def rss_growth(self) -> float:
+        return (self.rss_after_run_kib - self.rss_after_warmup_kib) / self.rss_after_warmup_kib
+
+    @property
+    def errors(self) -> int:
+        return self.warmup_errors + sum(level.errors for level in self.levels)
+
+
+class ServerBench:
+    """A started server plus the load levels run against it so far."""
+
+    def __init__(
+        self, label: str, server: ServerProcess, images: Sequence[BenchImage], plan: Plan, cwd: Path, startup_s: float
+    ) -> None:
+        self.label = label
+        self._server = server
+        self._paths = [str(image.path) for image in images]
+        self._plan = plan
+        self._cwd = cwd
+        self._levels: list[LevelResult] = []
+        self._warmup_errors = 0
+        self._rss_after_warmup: int | None = None
+        self._startup_s = startup_s
+
+    def warm_up(self, concurrency: int) -> None:
+        """A burst at `concurrency` with every body kind, so arenas and buffers reach their working size; then
+        the RSS baseline."""
+        for body in self._plan.body_kinds:
+            run = run_load(self._spec(body, concurrency, 0.0, self._plan.server_warmup_seconds), self._cwd)
+            self._warmup_errors += run.errors
+        self._rss_after_warmup = rss_kib(self._server.pid)
+
+    def run_level(self, concurrency: int, body: BodyKind) -> LevelResult:
+        spec = self._spec(body, concurrency, self._plan.level_warmup_seconds, self._plan.level_seconds)
+        pids = (self._server.pid, os.getpid())
+        # Server counters bracket the whole child run (its warm-up included); rates use the child's wall time.
+        metrics_before, server_cpu_before = self._server.scrape_metrics(), process_cpu_seconds(self._server.pid)
+        children_before, snapshot_before = _children_cpu_seconds(), CpuSnapshot.take(pids)
+        run = run_load(spec, self._cwd)
+        children_cpu = _children_cpu_seconds() - children_before
+        snapshot_after = CpuSnapshot.take(pids)
+        metrics_after, server_cpu_after = self._server.scrape_metrics(), process_cpu_seconds(self._server.pid)
+        delta = {name: metrics_after[name] - metrics_before[name] for name in metrics_before}
+        batches = delta["alexnet_batch_size_count"]
+        level = LevelResult(
+            concurrency=concurrency,
+            body=body,
+            images_per_s=rate(run.ok_in_window, run.window_s),
+            latency=LatencySummary.of([record.latency_ms for record in run.records]),
+            requests=len(run.records),
+            errors=run.errors,
+            error_samples=run.error_samples,
+            mean_batch_size=round(delta["alexnet_batch_size_sum"] / batches, 2) if batches else 0.0,
+            inference_busy_percent=round(100.0 * delta["alexnet_inference_seconds_sum"] / run.wall_s, 1),
+            server_cpu_percent=round(100.0 * (server_cpu_after - server_cpu_before) / run.wall_s, 1),
+            server_cpu_ms_per_image=round(1000.0 * (server_cpu_after - server_cpu_before) / run.ok_total, 1)
+            if run.ok_total
+            else 0.0,
+            client_cpu_percent=round(100.0 * run.client_cpu_s / run.wall_s, 1),
+            # The child's whole life (start-up included) is ours; the run's wall time is a slight underestimate
+            # of the interval, so this errs towards reporting a little more noise than there was.
+            others_cpu_percent=others_cpu_percent(snapshot_before, snapshot_after, run.wall_s, children_cpu),
+            stage_means_ms=_stage_means(run),
+            outside_runtime_ms=_outside_runtime_ms(run),
+            rss_kib=rss_kib(self._server.pid),
+            samples=[(record.image, record.latency_ms) for record in run.records],
+        )
+        logger.info(
+            "%s c=%d %s: %.1f images/s, p50 %.0f ms, p99 %.0f ms, errors %d, others' CPU %.0f%%",
+            self.label,
+            concurrency,
+            body,
+            level.images_per_s,
+            level.latency.p50,
+            level.latency.p99,
+            level.errors,
+            level.others_cpu_percent,
+        )
+        self._levels.append(level)
+        return level
+
+    def result(self) -> ServerResult:
+        if self._rss_after_warmup is None:
+            raise RuntimeError("warm_up() was not run, so there is no RSS baseline")
+        return ServerResult(
+            label=self.label,
+            settings_env=dict(self._server.settings_env),
+            providers=list(self._server.get_json("/health").get("providers", [])),
+            startup_s=round(self._startup_s, 2),
+            rss_after_warmup_kib=self._rss_after_warmup,
+            rss_after_run_kib=rss_kib(self._server.pid),
+            warmup_errors=self._warmup_errors,
+            levels=list(self._levels),
+            log_path=str(self._server.log_path),
+        )
+
+    def _spec(self, body: BodyKind, concurrency: int, warmup_s: float, duration_s: float) -> LoadSpec:
+        return LoadSpec(
+            host=HOST,
+            port=self._server.port,
+            body=body,
+            concurrency=concurrency,
+            warmup_s=warmup_s,
+            duration_s=duration_s,
+            max_requests=self._plan.max_requests_per_level,
+            image_paths=self._paths,
+        )
+
+
+@contextmanager
+def started_server(
+    label: str,
+    settings_env: Mapping[str, str],
+    images: Sequence[BenchImage],
+    plan: Plan,
+    *,
+    cwd: Path,
+    log_path: Path,
+) -> Iterator[ServerBench]:
+    """`python -m app` with `settings_env`, ready to serve; stopped (SIGTERM) on leaving the block."""
+    started = time.perf_counter()
+    with ServerProcess(settings_env, cwd=cwd, log_path=log_path) as server:
+        startup_s = time.perf_counter() - started
+        logger.info("%s server ready in %.1f s (pid %d, port %d)", label, startup_s, server.pid, server.port)
+        yield ServerBench(label, server, images, plan, cwd, startup_s)
+
+
+def _children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _stage_means(run: LoadRun) -> dict[str, float]:
+    timed = [record.server_ms for record in run.records if record.server_ms is not None]
+    if not timed:
+        return {}
+    return {stage: round(sum(row[index] for row in timed) / len(timed), 2) for index, stage in enumerate(STAGES)}
+
+
+def _outside_runtime_ms(run: LoadRun) -> float:
+    gaps = [record.latency_ms - record.server_ms[-1] for record in run.records if record.server_ms is not None]
+    return round(sum(gaps) / len(gaps), 2) if gaps else 0.0

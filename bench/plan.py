@@ -1,0 +1,101 @@
+"""What one benchmark run measures and for how long: the full run, and the short `--quick` run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Literal
+
+BodyKind = Literal["multipart", "raw"]
+Device = Literal["cpu", "cuda"]
+
+BODY_KINDS: tuple[BodyKind, ...] = ("multipart", "raw")
+CONCURRENCY_LEVELS = (1, 4, 16, 64)
+# The level at which batched and unbatched servers are compared, and p99 is held against p50.
+COMPARISON_CONCURRENCY = 16
+CPU_MODEL_BATCH_SIZES = (1, 8, 32)
+CUDA_MODEL_BATCH_SIZES = (1, 8, 64, 256)
+
+
+@dataclass(frozen=True)
+class PipelineSetting:
+    """One configuration of the in-process pipeline; `overrides` are `app.config.Settings` fields."""
+
+    name: str
+    overrides: dict[str, int | float]
+
+
+DEFAULT_PIPELINE_SETTING = PipelineSetting("server defaults", {})
+# One knob at a time around the server's defaults: enough to find the best setting and to show which knob matters.
+PIPELINE_SWEEP = (
+    DEFAULT_PIPELINE_SETTING,
+    PipelineSetting("decode_threads=1", {"decode_threads": 1}),
+    PipelineSetting("intra_op_threads=1", {"intra_op_threads": 1}),
+    PipelineSetting("decode_threads=1 intra_op_threads=1", {"decode_threads": 1, "intra_op_threads": 1}),
+    PipelineSetting("max_batch_size=32", {"max_batch_size": 32}),
+    PipelineSetting("max_batch_size=8", {"max_batch_size": 8}),
+)
+
+
+@dataclass(frozen=True)
+class Plan:
+    quick: bool
+    images_per_size: int
+    # Decode + preprocess: repeats of each image timed one at a time, then a time-bounded threaded run.
+    decode_repeats: int
+    decode_seconds: float
+    model_batch_sizes: tuple[int, ...]
+    model_seconds: float
+    pipeline_settings: tuple[PipelineSetting, ...]
+    pipeline_warmup_seconds: float
+    pipeline_seconds: float
+    single_image_repeats: int
+    # End to end: a burst at the highest concurrency before the RSS baseline, then each level.
+    server_warmup_seconds: float
+    level_warmup_seconds: float
+    level_seconds: float
+    max_requests_per_level: int
+    concurrency_levels: tuple[int, ...] = CONCURRENCY_LEVELS
+    body_kinds: tuple[BodyKind, ...] = BODY_KINDS
+
+    @property
+    def saturating_concurrency(self) -> int:
+        return max(self.concurrency_levels)
+
+    def with_batch_sizes(self, batch_sizes: tuple[int, ...]) -> Plan:
+        return replace(self, model_batch_sizes=batch_sizes)
+
+
+FULL_PLAN = Plan(
+    quick=False,
+    images_per_size=4,
+    decode_repeats=3,
+    decode_seconds=5.0,
+    model_batch_sizes=CPU_MODEL_BATCH_SIZES,
+    model_seconds=5.0,
+    pipeline_settings=PIPELINE_SWEEP,
+    pipeline_warmup_seconds=2.0,
+    pipeline_seconds=8.0,
+    single_image_repeats=3,
+    server_warmup_seconds=4.0,
+    level_warmup_seconds=2.0,
+    level_seconds=12.0,
+    max_requests_per_level=5000,
+)
+
+QUICK_PLAN = Plan(
+    quick=True,
+    images_per_size=1,
+    decode_repeats=1,
+    decode_seconds=1.0,
+    model_batch_sizes=CPU_MODEL_BATCH_SIZES,
+    model_seconds=1.0,
+    pipeline_settings=(DEFAULT_PIPELINE_SETTING,),
+    pipeline_warmup_seconds=0.5,
+    pipeline_seconds=2.0,
+    single_image_repeats=1,
+    server_warmup_seconds=1.0,
+    level_warmup_seconds=0.5,
+    level_seconds=2.0,
+    max_requests_per_level=500,
+    concurrency_levels=(1, COMPARISON_CONCURRENCY),
+)

@@ -1,0 +1,213 @@
+"""One benchmark run, phase by phase: images and model, in-process capacity, then the servers."""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import PIL
+
+from app.config import CPU_PROVIDER, CUDA_PROVIDER, Settings
+from app.inference import OnnxModel
+from bench.endtoend import started_server
+from bench.images import BenchImage, image_set
+from bench.inprocess import (
+    load_service_model,
+    measure_decode,
+    measure_model,
+    measure_pipeline,
+    measure_single_image,
+    service_settings,
+)
+from bench.modelfile import ModelFile, prepare_model
+from bench.plan import COMPARISON_CONCURRENCY, Device, Plan
+from bench.report import BenchReport, compute_ratios, evaluate
+
+logger = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Options:
+    plan: Plan
+    device: Device
+    model: Path | None
+    fp16_model: Path | None
+    cache_dir: Path
+    server_env: dict[str, str]
+    argv: list[str]
+
+
+def providers_for(device: Device) -> list[str]:
+    return [CUDA_PROVIDER, CPU_PROVIDER] if device == "cuda" else [CPU_PROVIDER]
+
+
+def run_suite(options: Options) -> BenchReport:
+    load_before = _load_average()
+    started_at = datetime.now(UTC)
+    started = time.perf_counter()
+    plan = options.plan
+    providers = providers_for(options.device)
+    model_file = prepare_model(options.model, options.cache_dir)
+    logger.info("model: %s (%s)", model_file.path, model_file.note)
+    images = image_set(options.cache_dir, plan.images_per_size)
+    base = service_settings(model_file.path, providers, options.server_env)
+
+    models: dict[int, OnnxModel] = {}
+
+    def model_for(settings: Settings) -> OnnxModel:
+        # Sessions differ only by their thread count; reuse one per count across settings.
+        if settings.intra_op_threads not in models:
+            models[settings.intra_op_threads] = load_service_model(settings)
+        return models[settings.intra_op_threads]
+
+    model = model_for(base)
+    logger.info("decode + preprocess alone")
+    decode = measure_decode(images, model, base, repeats=plan.decode_repeats, seconds=plan.decode_seconds)
+    logger.info("model alone at batch %s", ", ".join(map(str, plan.model_batch_sizes)))
+    model_speed = measure_model(model, plan.model_batch_sizes, seconds=plan.model_seconds)
+    if options.fp16_model is not None:
+        fp16 = load_service_model(base.model_copy(update={"model_path": options.fp16_model}))
+        model_speed += measure_model(fp16, plan.model_batch_sizes, seconds=plan.model_seconds, precision="fp16")
+        del fp16
+    pipeline = []
+    for setting in plan.pipeline_settings:
+        logger.info("in-process pipeline: %s", setting.name)
+        pipeline.append(
+            measure_pipeline(
+                images,
+                model_for,
+                base,
+                setting,
+                concurrency=plan.saturating_concurrency,
+                warmup_seconds=plan.pipeline_warmup_seconds,
+                seconds=plan.pipeline_seconds,
+            )
+        )
+        logger.info("  %.1f images/s", pipeline[-1].images_per_s)
+    # Only the default session is still needed (for the single-image path); free the others and their threads.
+    models.clear()
+    gc.collect()
+
+    env = server_env(model_file, providers, options.server_env)
+    run_dir = options.cache_dir / "runs" / started_at.strftime("%Y%m%dT%H%M%S")
+    with started_server("batched", env, images, plan, cwd=REPO_ROOT, log_path=run_dir / "batched.log") as server:
+        server.warm_up(plan.saturating_concurrency)
+        # Back to back with the c=1 runs, so both see the same machine: the c=1 overhead is their difference.
+        logger.info("single-image path, in process")
+        single_image = measure_single_image(images, model, base, repeats=plan.single_image_repeats)
+        del model
+        gc.collect()
+        for concurrency in plan.concurrency_levels:
+            for body in plan.body_kinds:
+                server.run_level(concurrency, body)
+        batched = server.result()
+    unbatched_env = {**env, "ALEXNET_MAX_BATCH_SIZE": "1"}
+    with started_server(
+        "unbatched", unbatched_env, images, plan, cwd=REPO_ROOT, log_path=run_dir / "unbatched.log"
+    ) as server:
+        server.warm_up(COMPARISON_CONCURRENCY)
+        for body in plan.body_kinds:
+            server.run_level(COMPARISON_CONCURRENCY, body)
+        unbatched = server.result()
+    ratios = compute_ratios(decode, single_image, pipeline, batched, unbatched, [image.name for image in images])
+    meta = _meta(options, providers, images, started_at, time.perf_counter() - started)
+    meta["load_average_before"] = load_before
+    meta["load_average_after"] = _load_average()
+    return BenchReport(
+        meta=meta,
+        model=model_file,
+        images=[_image_entry(image) for image in images],
+        decode=decode,
+        model_speed=model_speed,
+        single_image=single_image,
+        pipeline=pipeline,
+        servers=[batched, unbatched],
+        ratios=ratios,
+        targets=evaluate(ratios),
+    )
+
+
+def server_env(model_file: ModelFile, providers: Sequence[str], extra: dict[str, str]) -> dict[str, str]:
+    """The server's settings: this model, these providers, nothing built on the fly; then the user's overrides."""
+    env = {
+        "ALEXNET_MODEL_PATH": str(model_file.path),
+        "ALEXNET_AUTO_EXPORT": "false",
+        "ALEXNET_PROVIDERS": ",".join(providers),
+        "ALEXNET_REQUIRE_CUDA": str(CUDA_PROVIDER in providers).lower(),
+    }
+    return {**env, **extra}
+
+
+def _image_entry(image: BenchImage) -> dict[str, Any]:
+    return {"name": image.name, "width": image.width, "height": image.height, "bytes": len(image.data)}
+
+
+def _meta(
+    options: Options, providers: list[str], images: Sequence[BenchImage], started_at: datetime, seconds: float
+) -> dict[str, Any]:
+    sizes = Counter(image.size_label for image in images)
+    return {
+        "quick": options.plan.quick,
+        "started_at": started_at.isoformat(timespec="seconds"),
+        "duration_s": round(seconds, 1),
+        "command": shlex.join(["python", "-m", "bench", *options.argv]),
+        "cpu": _cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "onnxruntime": ort.__version__,
+        "pillow": PIL.__version__,
+        "numpy": np.__version__,
+        "device": options.device,
+        "device_name": _gpu_name() if options.device == "cuda" else "CPU only",
+        "providers": providers,
+        "plan": options.plan,
+        "image_mix": ", ".join(f"{size} ×{count}" for size, count in sizes.items())
+        + f" ({len(images)} JPEGs, {sum(len(image.data) for image in images) / 1e6:.1f} MB, sent round-robin)",
+        "executable": sys.executable,
+    }
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def _load_average() -> list[float]:
+    """1, 5 and 15-minute load averages: a shared machine's business shows here before a run starts."""
+    return [round(value, 2) for value in os.getloadavg()]
+
+
+def _gpu_name() -> str:
+    try:
+        completed = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "unknown GPU (nvidia-smi failed)"
+    return completed.stdout.strip().replace("\n", "; ")

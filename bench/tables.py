@@ -1,0 +1,176 @@
+"""The report as plain-text tables, for the terminal and for docs/performance.md."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from bench.report import KIB_PER_MIB, BenchReport
+
+Cell = str | int | float
+
+
+def table(title: str, headers: Sequence[str], rows: Sequence[Sequence[Cell]]) -> str:
+    """A Markdown table under a `title` line: readable in a terminal and pasteable into docs."""
+    cells = [[_cell(value) for value in row] for row in rows]
+    widths = [max(len(header), *(len(row[index]) for row in cells)) for index, header in enumerate(headers)]
+    lines = [f"### {title}", ""]
+    lines.append("| " + " | ".join(header.ljust(width) for header, width in zip(headers, widths, strict=True)) + " |")
+    lines.append("|" + "|".join("-" * (width + 2) for width in widths) + "|")
+    for row in cells:
+        lines.append("| " + " | ".join(value.rjust(width) for value, width in zip(row, widths, strict=True)) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _cell(value: Cell) -> str:
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "n/a"
+        return f"{value:.2f}" if abs(value) < 10 else f"{value:.1f}"
+    return str(value)
+
+
+def render(report: BenchReport) -> str:
+    """The whole report: setup, in-process tables, end-to-end table, targets."""
+    meta = report.meta
+    sections = [
+        f"## alexnet-serve benchmark ({'quick run: not for publishing' if meta['quick'] else 'full run'})\n\n"
+        f"- machine: {meta['device_name']}, {meta['cpu']} ({meta['cpu_count']} cores), {meta['platform']}\n"
+        f"- software: Python {meta['python']}, onnxruntime {meta['onnxruntime']}, Pillow {meta['pillow']}, "
+        f"numpy {meta['numpy']}; providers {', '.join(meta['providers'])}\n"
+        f"- model: {report.model.path} ({report.model.note})\n"
+        f"- images: {meta['image_mix']}\n"
+        f"- command: `{meta['command']}` at {meta['started_at']}, {meta['duration_s']:.0f} s; "
+        f"load average {meta['load_average_before']} before, {meta['load_average_after']} after\n"
+        "- CPU % columns: 100 = one core; 'others' is what other processes on the machine used meanwhile\n",
+        table(
+            "Decode + preprocess, one image at a time (one core), median",
+            ["size", "MP", "JPEG KB", "decode ms", "preprocess ms", "total ms", "CPU ms"],
+            [
+                [t.size, t.megapixels, round(t.jpeg_bytes / 1000), t.decode_ms, t.preprocess_ms, t.total_ms, t.cpu_ms]
+                for t in report.decode.per_size
+            ],
+        ),
+        table(
+            "Capacity in process (image mix; no HTTP)",
+            ["stage", "setting", "images/s", "detail"],
+            _capacity_rows(report),
+        ),
+        table(
+            "End to end (separate-process load generator → `python -m app`)",
+            [
+                "server",
+                "c",
+                "body",
+                "images/s",
+                "p50 ms",
+                "p95 ms",
+                "p99 ms",
+                "errors",
+                "batch",
+                "server CPU %",
+                "server CPU ms/image",
+                "client CPU %",
+                "others CPU %",
+                "outside runtime ms",
+                "RSS MiB",
+            ],
+            [
+                [
+                    server.label,
+                    level.concurrency,
+                    level.body,
+                    level.images_per_s,
+                    level.latency.p50,
+                    level.latency.p95,
+                    level.latency.p99,
+                    level.errors,
+                    level.mean_batch_size,
+                    level.server_cpu_percent,
+                    level.server_cpu_ms_per_image,
+                    level.client_cpu_percent,
+                    level.others_cpu_percent,
+                    level.outside_runtime_ms,
+                    round(level.rss_kib / KIB_PER_MIB),
+                ]
+                for server in report.servers
+                for level in server.levels
+            ],
+        ),
+        table(
+            "Targets (issue 5)",
+            ["target", "value", "want", "result", "how"],
+            [[t.name, t.value, t.target, "PASS" if t.passed else "FAIL", t.detail] for t in report.targets],
+        ),
+    ]
+    return "\n".join(sections)
+
+
+def _capacity_rows(report: BenchReport) -> list[list[Cell]]:
+    rows: list[list[Cell]] = []
+    for decode in report.decode.throughput:
+        rows.append(["decode+preprocess", f"{decode.threads} thread(s)", decode.images_per_s, ""])
+    for model in report.model_speed:
+        rows.append(
+            [
+                "model alone",
+                f"{model.precision} batch {model.batch_size}",
+                model.images_per_s,
+                f"{model.ms_per_batch} ms/batch",
+            ]
+        )
+    single = report.single_image.summary
+    rows.append(
+        [
+            "single image",
+            "decode+preprocess+batch 1",
+            round(1000.0 / single.mean, 2),
+            f"p50 {single.p50:.1f} ms over the mix",
+        ]
+    )
+    for pipeline in report.pipeline:
+        rows.append(
+            [
+                f"pipeline c={pipeline.concurrency}",
+                pipeline.setting,
+                pipeline.images_per_s,
+                f"batch {pipeline.mean_batch_size}, CPU {pipeline.process_cpu_percent}% "
+                f"({pipeline.cpu_ms_per_image} ms/image), others {pipeline.others_cpu_percent}%, "
+                f"p50 {pipeline.latency.p50:.0f} ms",
+            ]
+        )
+    return rows
+
+
+def summary(report: BenchReport) -> str:
+    """The headline numbers and every target in one table (what gpu_check.sh prints)."""
+    meta = report.meta
+    rows: list[list[Cell]] = [
+        ["machine", f"{meta['device_name']} / {meta['cpu']} ({meta['cpu_count']} cores)"],
+        ["providers", ", ".join(meta["providers"])],
+        ["model", report.model.note],
+        ["decode+preprocess, largest JPEG, one core", f"{report.decode.largest_cpu_ms} ms CPU"],
+    ]
+    rows += [
+        [f"model alone, {row.precision} batch {row.batch_size}", f"{row.images_per_s} images/s ({row.ms_per_batch} ms)"]
+        for row in report.model_speed
+    ]
+    rows.append(["single image in process, p50", f"{report.single_image.summary.p50:.1f} ms"])
+    ratios = report.ratios
+    rows.append(
+        ["in-process pipeline, best", f"{ratios.pipeline_best_images_per_s} images/s ({ratios.pipeline_best_setting})"]
+    )
+    for server in report.servers:
+        for level in server.levels:
+            rows.append(
+                [
+                    f"end to end, {server.label}, c={level.concurrency} {level.body}",
+                    f"{level.images_per_s} images/s, p50 {level.latency.p50:.1f} ms, p99 {level.latency.p99:.1f} ms, "
+                    f"errors {level.errors}",
+                ]
+            )
+    rows += [
+        [f"{target.name}", f"{_cell(target.value)} ({target.target}): {'PASS' if target.passed else 'FAIL'}"]
+        for target in report.targets
+    ]
+    return table("Summary", ["measure", "value"], rows)
