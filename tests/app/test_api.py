@@ -551,6 +551,7 @@ def test_model_card_route(client: TestClient, served_model: ExportSummary) -> No
         "weights": "random",
         "weights_sha256": served_model.weights_sha256,
         "trained": False,
+        "precision": "fp32",
         "source_url": RANDOM_SOURCE_URL,
         "license": RANDOM_LICENSE,
         "input_name": "image",
