@@ -5,12 +5,14 @@ end whatever happens), builds the local Debian base with `docker/build-base.sh` 
 persistent data root, so a warm run only rebuilds what changed) and the CPU image with untrained weights.
 The GPU image differs only by `--build-arg CUDA=true` and is built the same way (docs/docker.md).
 
-Cold (packages to install, nothing cached) this takes about 3 minutes on 2 cores; warm, about 1 minute.
+Cold (packages to install, nothing cached) this takes 3 to 4 minutes on 2 cores; warm, about 1 minute. The
+base is rebuilt (about 45 s) whenever build-base.sh or the host's CA certificates change.
 Where Docker cannot run at all (not Linux, not root, dockerd refused its privileges) it is skipped.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -43,7 +45,10 @@ DOCKERD_LOG = DATA_ROOT / "dockerd.log"
 CLIENT_CONFIG_DIR = DATA_ROOT / "client-config"
 
 APT_PACKAGES = ("docker.io", "debootstrap")
-BASE_IMAGE_TAG = "alexnet-serve-base:bookworm"
+BASE_IMAGE_REPOSITORY = "alexnet-serve-base"
+# What build-base.sh copies into the base: when any of it changes (a new proxy CA), the base is rebuilt.
+HOST_CA_DIR = Path("/usr/local/share/ca-certificates")
+HOST_CERTS_DIR = Path("/etc/ssl/certs")
 IMAGE_TAG = "alexnet-serve:test"
 CONTAINER_PORT = 8000
 # The build cache (pip downloads included) may keep this much between runs.
@@ -210,21 +215,38 @@ def docker() -> Iterator[DockerCli]:
         _stop_dockerd(process)
 
 
+def _base_image_tag() -> str:
+    """`alexnet-serve-base:bookworm-<digest>` of the script and the host CA certificates it trusts."""
+    inputs = [BUILD_BASE_SCRIPT]
+    inputs += sorted(HOST_CA_DIR.rglob("*.crt")) if HOST_CA_DIR.is_dir() else []
+    inputs += sorted(path for path in HOST_CERTS_DIR.glob("*.pem") if path.is_file() and not path.is_symlink())
+    digest = hashlib.sha256()
+    for path in inputs:
+        digest.update(path.read_bytes())
+    return f"{BASE_IMAGE_REPOSITORY}:bookworm-{digest.hexdigest()[:12]}"
+
+
 @pytest.fixture(scope="session")
 def base_image(docker: DockerCli) -> str:
-    """The debootstrap'd Python base, built once per data root and reused afterwards."""
-    if not docker.image_exists(BASE_IMAGE_TAG):
-        result = subprocess.run(
-            [str(BUILD_BASE_SCRIPT), BASE_IMAGE_TAG],
-            env={**docker.environment(), "DOCKER": docker.executable},
-            capture_output=True,
-            text=True,
-            timeout=BASE_BUILD_TIMEOUT_S,
-            check=False,
-        )
-        if result.returncode != 0:
-            pytest.fail(f"{BUILD_BASE_SCRIPT} exited {result.returncode}:\n{_tail(result.stdout + result.stderr)}")
-    return BASE_IMAGE_TAG
+    """The debootstrap'd Python base, built once per script and host CAs, and reused by later runs."""
+    tag = _base_image_tag()
+    if docker.image_exists(tag):
+        return tag
+    result = subprocess.run(
+        [str(BUILD_BASE_SCRIPT), tag],
+        env={**docker.environment(), "DOCKER": docker.executable},
+        capture_output=True,
+        text=True,
+        timeout=BASE_BUILD_TIMEOUT_S,
+        check=False,
+    )
+    if result.returncode != 0:
+        pytest.fail(f"{BUILD_BASE_SCRIPT} exited {result.returncode}:\n{_tail(result.stdout + result.stderr)}")
+    superseded = docker.run("images", "--format={{.Repository}}:{{.Tag}}", BASE_IMAGE_REPOSITORY).stdout.split()
+    for old_tag in superseded:
+        if old_tag != tag:
+            docker.run("rmi", old_tag, check=False)
+    return tag
 
 
 @pytest.fixture(scope="session")
