@@ -11,7 +11,7 @@
 #   WEIGHTS      bvlc | torchvision | random (random: untrained, for tests; labelled and logged as such)
 #   CHECKPOINT   a weights file inside the build context's checkpoints/ (the only checkpoints the
 #                .dockerignore lets in), used instead of downloading
-#   EXPORT_ARGS  more `python -m model export` flags, e.g. --skip-hash-check or --seed 1
+#   EXPORT_ARGS  more `python -m model export` flags, e.g. "--precision fp16" (GPU) or "--seed 1"
 ARG BASE_IMAGE=python:3.11-slim
 ARG CUDA=true
 ARG WEIGHTS=bvlc
