@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: serve test lint typecheck unit model bench lock clean
+.PHONY: serve test lint typecheck unit model bench docker lock clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,10 @@ unit: $(VENV)/.dev
 
 model: $(VENV)/.runtime  ## export model/alexnet.onnx (WEIGHTS=bvlc|torchvision|random)
 	$(BIN)/python -m model export --weights $(or $(WEIGHTS),bvlc)
+
+docker:  ## build the image (CUDA=true|false, WEIGHTS=bvlc|torchvision|random)
+	DOCKER_BUILDKIT=1 docker build --build-arg CUDA=$(or $(CUDA),true) --build-arg WEIGHTS=$(or $(WEIGHTS),bvlc) \
+		-t alexnet-serve:$(if $(filter false,$(CUDA)),cpu,latest) .
 
 bench: $(VENV)/.dev
 	$(BIN)/python -m bench

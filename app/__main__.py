@@ -12,6 +12,8 @@ import uvicorn
 
 from app.bootstrap import ensure_model
 from app.config import get_settings
+from app.errors import ModelLoadError
+from app.inference import load_model
 from app.logs import configure_logging
 from app.main import create_app
 
@@ -60,10 +62,15 @@ def main() -> None:
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_format)
     ensure_model(settings)
+    try:
+        model = load_model(settings)
+    except ModelLoadError as error:
+        logger.error("cannot serve the model: %s", error)
+        sys.exit(STARTUP_FAILURE_EXIT_CODE)
     drain = threading.Event()
     # One worker: the micro-batcher only batches requests that reach the same process.
     config = uvicorn.Config(
-        create_app(settings, drain),
+        create_app(settings, drain, model),
         host=settings.host,
         port=settings.port,
         log_config=None,

@@ -14,7 +14,7 @@ from app import __version__
 from app.config import Settings, get_settings
 from app.deps import RUNTIME_STATE_KEY
 from app.errors import install_error_handlers
-from app.inference import load_model
+from app.inference import OnnxModel, load_model
 from app.limits import BodySizeLimitMiddleware
 from app.metrics import Metrics
 from app.request_context import RequestContextMiddleware
@@ -29,16 +29,22 @@ DESCRIPTION = (
 )
 
 
-def create_app(settings: Settings | None = None, drain: threading.Event | None = None) -> FastAPI:
-    """The ASGI app. `uvicorn --factory app.main:create_app` calls this with settings from the environment."""
+def create_app(
+    settings: Settings | None = None, drain: threading.Event | None = None, model: OnnxModel | None = None
+) -> FastAPI:
+    """The ASGI app. `uvicorn --factory app.main:create_app` calls this with settings from the environment.
+
+    `python -m app` passes a `model` it has already loaded, so a model that cannot be served stops the
+    process with one clear line before the server starts; otherwise the lifespan loads it.
+    """
     settings = settings or get_settings()
     app_metrics = Metrics()
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[dict[str, Runtime]]:
         # A model that cannot be served (missing, corrupt, REQUIRE_* not met) fails startup here.
-        model = await anyio.to_thread.run_sync(load_model, settings)
-        runtime = Runtime(settings, model, app_metrics, drain)
+        served = model if model is not None else await anyio.to_thread.run_sync(load_model, settings)
+        runtime = Runtime(settings, served, app_metrics, drain)
         await runtime.start()
         try:
             yield {RUNTIME_STATE_KEY: runtime}

@@ -138,6 +138,9 @@ def preprocess(image: Image.Image, pre: Preprocessing) -> FloatArray:
 
 
 def _reason(error: BaseException) -> str:
-    # Pillow's messages are safe to show (no paths: we decode from memory); keep them short.
+    if isinstance(error, UnidentifiedImageError):
+        # Pillow's text names the in-memory stream object (with its address); say what it means instead.
+        return "the data is not a valid image of that format"
+    # Other Pillow messages are safe to show (no paths: we decode from memory); keep them short.
     text = str(error) or type(error).__name__
     return text.splitlines()[0][:200]

@@ -90,18 +90,54 @@ class BatchItemResponse(BaseModel):
 
 
 class BatchPredictResponse(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "results": [
+                    {"filename": "cat.jpg", "result": {"top1": _TABBY, "...": "as in PredictResponse"}, "error": None},
+                    {
+                        "filename": "notes.txt",
+                        "result": None,
+                        "error": {"code": "unsupported_media_type", "message": "unsupported image format; ..."},
+                    },
+                ]
+            }
+        }
+    )
+
     results: list[BatchItemResponse] = Field(description="One entry per uploaded file, in upload order")
 
 
 class LiveResponse(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"example": {"status": "alive"}})
+
     status: Literal["alive"] = "alive"
 
 
 class ReadyResponse(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"example": {"status": "ready"}})
+
     status: Literal["ready"] = "ready"
 
 
+_SUMMARY: JsonDict = {"name": "bvlc_alexnet", "weights": "bvlc", "sha256": "…", "trained": True}
+
+
 class HealthResponse(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "status": "ready",
+                "version": "0.1.0",
+                "uptime_s": 812.5,
+                "providers": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+                "requested_providers": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+                "model": _SUMMARY,
+                "warnings": [],
+            }
+        }
+    )
+
     status: Literal["ready", "starting"]
     version: str
     uptime_s: float
@@ -123,6 +159,37 @@ class PreprocessingInfo(BaseModel):
 
 
 class ModelInfoResponse(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "name": "bvlc_alexnet",
+                "architecture": "bvlc_alexnet",
+                "weights": "bvlc",
+                "weights_sha256": "…",
+                "trained": True,
+                "precision": "fp32",
+                "source_url": "http://dl.caffe.berkeleyvision.org/bvlc_alexnet.caffemodel",
+                "license": "BVLC AlexNet weights: … non-commercial research and educational use only …",
+                "input_name": "image",
+                "output_name": "probabilities",
+                "input_shape": ["N", 3, 227, 227],
+                "preprocessing": {
+                    "input_size": 227,
+                    "resize_policy": "stretch",
+                    "resize_size": 256,
+                    "resample": "bilinear",
+                    "channel_order": "BGR",
+                    "pixel_scale": 255.0,
+                    "mean": [104.0069879317889, 116.66876761696767, 122.6789143406786],
+                    "std": [1.0, 1.0, 1.0],
+                },
+                "num_labels": 1000,
+                "providers": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+                "warnings": [],
+            }
+        }
+    )
+
     name: str
     architecture: str
     weights: str

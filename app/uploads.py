@@ -79,10 +79,13 @@ async def _multipart_files(request: Request, field: str, max_files: int) -> list
         if "Too many files" in str(error.detail):
             raise PayloadTooLargeError(f"at most {max_files} image(s) per request") from None
         raise InvalidParameterError(f"malformed multipart body: {error.detail}") from None
-    uploads = []
-    for value in form.getlist(field):
-        if not isinstance(value, UploadFile):
-            raise InvalidParameterError(f"the multipart field {field!r} must be a file, not text")
-        uploads.append(Upload(filename=safe_filename(value.filename), data=await value.read()))
-    await form.close()
-    return uploads
+    try:
+        uploads = []
+        for value in form.getlist(field):
+            if not isinstance(value, UploadFile):
+                raise InvalidParameterError(f"the multipart field {field!r} must be a file, not text")
+            uploads.append(Upload(filename=safe_filename(value.filename), data=await value.read()))
+        return uploads
+    finally:
+        # Closes the spooled temporary files on every path, errors included.
+        await form.close()

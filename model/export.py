@@ -167,6 +167,10 @@ def write_atomically(model: onnx.ModelProto, output: Path) -> None:
     try:
         with os.fdopen(handle, "wb") as stream:
             stream.write(model.SerializeToString())
+        # mkstemp makes the file owner-only; a model is readable like any file (a container user must read it).
+        umask = os.umask(0)
+        os.umask(umask)
+        temporary.chmod(0o666 & ~umask)
         os.replace(temporary, output)
     finally:
         temporary.unlink(missing_ok=True)
