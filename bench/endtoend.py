@@ -8,11 +8,11 @@ import resource
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from bench.images import BenchImage
-from bench.load import LoadRun, LoadSpec, run_load
+from bench.load import LoadRun, LoadSpec, RequestRecord, run_load
 from bench.plan import BodyKind, Plan
 from bench.procfs import CpuSnapshot, others_cpu_percent, process_cpu_seconds, rss_kib
 from bench.server import HOST, ServerProcess
@@ -21,6 +21,16 @@ from bench.stats import LatencySummary, rate
 logger = logging.getLogger(__name__)
 
 STAGES = ("decode", "preprocess", "queue", "infer", "total")
+
+
+@dataclass(frozen=True)
+class RequestSample:
+    """One measured request, for the c=1 overhead: its image, its latency, and the server's own time for the
+    work the in-process single-image path also does (decode + preprocess + inference), when reported."""
+
+    image: int
+    latency_ms: float
+    work_ms: float | None
 
 
 @dataclass(frozen=True)
@@ -50,8 +60,7 @@ class LevelResult:
     stage_means_ms: dict[str, float]
     outside_runtime_ms: float
     rss_kib: int
-    # (image index, latency ms) of every measured request, for the paired c=1 overhead.
-    samples: list[tuple[int, float]]
+    samples: list[RequestSample]
 
 
 @dataclass(frozen=True)
@@ -92,10 +101,14 @@ class ServerBench:
         self._startup_s = startup_s
 
     def warm_up(self, concurrency: int) -> None:
-        """A burst at `concurrency` with every body kind, so arenas and buffers reach their working size; then
-        the RSS baseline."""
+        """`server_warmup_rounds` requests per connection at `concurrency`, with every body kind (time-capped),
+        so arenas, allocator pools and buffers reach their working size; then the RSS baseline."""
         for body in self._plan.body_kinds:
-            run = run_load(self._spec(body, concurrency, 0.0, self._plan.server_warmup_seconds), self._cwd)
+            spec = replace(
+                self._spec(body, concurrency, 0.0, self._plan.server_warmup_seconds),
+                max_requests=self._plan.server_warmup_rounds * concurrency,
+            )
+            run = run_load(spec, self._cwd)
             self._warmup_errors += run.errors
         self._rss_after_warmup = rss_kib(self._server.pid)
 
@@ -132,7 +145,7 @@ class ServerBench:
             stage_means_ms=_stage_means(run),
             outside_runtime_ms=_outside_runtime_ms(run),
             rss_kib=rss_kib(self._server.pid),
-            samples=[(record.image, record.latency_ms) for record in run.records],
+            samples=[_sample(record) for record in run.records],
         )
         logger.info(
             "%s c=%d %s: %.1f images/s, p50 %.0f ms, p99 %.0f ms, errors %d, others' CPU %.0f%%",
@@ -197,6 +210,12 @@ def started_server(
 def _children_cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
+
+
+def _sample(record: RequestRecord) -> RequestSample:
+    stages = dict(zip(STAGES, record.server_ms, strict=True)) if record.server_ms is not None else None
+    work = stages["decode"] + stages["preprocess"] + stages["infer"] if stages is not None else None
+    return RequestSample(image=record.image, latency_ms=record.latency_ms, work_ms=work)
 
 
 def _stage_means(run: LoadRun) -> dict[str, float]:

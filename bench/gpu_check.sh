@@ -61,7 +61,8 @@ FP32="$OUT/alexnet-fp32.onnx"
 "$PY" -m bench.cuda "$FP32" --device-id "$DEVICE_ID" || fail "CUDAExecutionProvider is not active (see above)"
 
 FP16_ARGS=()
-if "$PY" -m model export --help | grep -q -- "--precision"; then
+EXPORT_HELP="$("$PY" -m model export --help)"
+if grep -q -- "--precision" <<<"$EXPORT_HELP"; then
     FP16="$OUT/alexnet-fp16.onnx"
     [ -f "$FP16" ] || "$PY" -m model export --weights random --precision fp16 --output "$FP16"
     FP16_ARGS=(--fp16-model "$FP16")

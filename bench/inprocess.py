@@ -26,7 +26,7 @@ from app.preprocessing import decode_image, preprocess
 from app.runtime import Runtime
 from bench.images import LARGEST_SIZE, BenchImage
 from bench.plan import PipelineSetting
-from bench.procfs import CpuSnapshot, others_cpu_percent
+from bench.procfs import CpuMeter, CpuSnapshot, others_cpu_percent
 from bench.stats import LatencySummary, median, rate
 
 logger = logging.getLogger(__name__)
@@ -45,6 +45,9 @@ class DecodeTiming:
     """
 
     size: str
+    # "full": every pixel decoded (the default, bit-exact); "draft": Pillow's DCT-domain downscale
+    # (ALEXNET_FAST_JPEG_DECODE=true).
+    mode: str
     megapixels: float
     jpeg_bytes: int
     decode_ms: float
@@ -59,14 +62,18 @@ class DecodeThroughput:
     images_per_s: float
     images: int
     seconds: float
+    cpu_ms_per_image: float
+    others_cpu_percent: float
 
 
 @dataclass(frozen=True)
 class DecodeResult:
+    configured_mode: str
     per_size: list[DecodeTiming]
     throughput: list[DecodeThroughput]
-    largest_cpu_ms: float
-    largest_wall_ms: float
+    # By mode: the largest image's median thread CPU and wall ms.
+    largest_cpu_ms: dict[str, float]
+    largest_wall_ms: dict[str, float]
 
 
 @dataclass(frozen=True)
@@ -76,6 +83,8 @@ class ModelThroughput:
     images_per_s: float
     ms_per_batch: float
     batches: int
+    cpu_ms_per_image: float
+    others_cpu_percent: float
 
 
 @dataclass(frozen=True)
@@ -131,19 +140,49 @@ def service_settings(model_path: Path, providers: Sequence[str], server_env: Map
 
 
 def prepare(data: bytes, model: OnnxModel, settings: Settings) -> tuple[FloatArray, float, float]:
-    """What the server does to each upload before inference: (tensor, decode ms, preprocess ms)."""
+    """What the server does to each upload before inference: (tensor, decode ms, preprocess ms).
+
+    Mirrors `Runtime._prepare` (which is private); keep the two in step.
+    """
     pre = model.card.preprocessing
     started = time.perf_counter()
-    decoded = decode_image(data, max_pixels=settings.max_image_pixels, draft_size=pre.resize_size)
+    draft_size = pre.resize_size if settings.fast_jpeg_decode else None
+    decoded = decode_image(data, max_pixels=settings.max_image_pixels, draft_size=draft_size)
     decoded_at = time.perf_counter()
     tensor = preprocess(decoded.image, pre)
     finished = time.perf_counter()
     return tensor, (decoded_at - started) * 1000.0, (finished - decoded_at) * 1000.0
 
 
+def decode_mode(settings: Settings) -> str:
+    return "draft" if settings.fast_jpeg_decode else "full"
+
+
 def measure_decode(
     images: Sequence[BenchImage], model: OnnxModel, settings: Settings, *, repeats: int, seconds: float
 ) -> DecodeResult:
+    """Per-size cost in both JPEG decode modes (the server's and the other), then threaded throughput in the
+    server's mode."""
+    configured = decode_mode(settings)
+    timings = []
+    for fast in (settings.fast_jpeg_decode, not settings.fast_jpeg_decode):
+        timings += _per_size_timings(images, model, settings.model_copy(update={"fast_jpeg_decode": fast}), repeats)
+    largest_label = f"{LARGEST_SIZE[0]}x{LARGEST_SIZE[1]}"
+    largest = {timing.mode: timing for timing in timings if timing.size == largest_label}
+    thread_counts = sorted({1, settings.decode_threads})
+    throughput = [_decode_throughput(images, model, settings, threads, seconds) for threads in thread_counts]
+    return DecodeResult(
+        configured_mode=configured,
+        per_size=timings,
+        throughput=throughput,
+        largest_cpu_ms={mode: timing.cpu_ms for mode, timing in largest.items()},
+        largest_wall_ms={mode: timing.total_ms for mode, timing in largest.items()},
+    )
+
+
+def _per_size_timings(
+    images: Sequence[BenchImage], model: OnnxModel, settings: Settings, repeats: int
+) -> list[DecodeTiming]:
     # (decode ms, preprocess ms, thread CPU ms) per repeat, by image size.
     samples: dict[str, list[tuple[float, float, float]]] = {}
     for image in images:
@@ -160,6 +199,7 @@ def measure_decode(
         timings.append(
             DecodeTiming(
                 size=image.size_label,
+                mode=decode_mode(settings),
                 megapixels=round(image.megapixels, 2),
                 jpeg_bytes=int(median([len(other.data) for other in same_size])),
                 decode_ms=round(median([row[0] for row in rows]), 2),
@@ -168,12 +208,7 @@ def measure_decode(
                 cpu_ms=round(median([row[2] for row in rows]), 2),
             )
         )
-    largest = next(timing for timing in timings if timing.size == f"{LARGEST_SIZE[0]}x{LARGEST_SIZE[1]}")
-    thread_counts = sorted({1, settings.decode_threads})
-    throughput = [_decode_throughput(images, model, settings, threads, seconds) for threads in thread_counts]
-    return DecodeResult(
-        per_size=timings, throughput=throughput, largest_cpu_ms=largest.cpu_ms, largest_wall_ms=largest.total_ms
-    )
+    return timings
 
 
 def _one_per_size(images: Sequence[BenchImage]) -> list[BenchImage]:
@@ -189,6 +224,7 @@ def _decode_throughput(
     blobs = itertools.cycle([image.data for image in images])
     done = 0
     with ThreadPoolExecutor(threads, thread_name_prefix="bench-decode") as pool:
+        meter = CpuMeter((os.getpid(),))
         started = time.perf_counter()
         deadline = started + seconds
         pending: set[Future[tuple[FloatArray, float, float]]] = {
@@ -200,7 +236,15 @@ def _decode_throughput(
             if time.perf_counter() < deadline:
                 pending |= {pool.submit(prepare, next(blobs), model, settings) for _ in finished}
         elapsed = time.perf_counter() - started
-    return DecodeThroughput(threads=threads, images_per_s=rate(done, elapsed), images=done, seconds=round(elapsed, 2))
+        cpu = meter.stop()
+    return DecodeThroughput(
+        threads=threads,
+        images_per_s=rate(done, elapsed),
+        images=done,
+        seconds=round(elapsed, 2),
+        cpu_ms_per_image=cpu.ms_per(done),
+        others_cpu_percent=cpu.others_percent,
+    )
 
 
 def measure_model(
@@ -212,6 +256,7 @@ def measure_model(
         batch = np.random.default_rng(batch_size).standard_normal((batch_size, 3, size, size), dtype=np.float32)
         model.run(batch)  # allocate this shape's buffers outside the timing
         batches = 0
+        meter = CpuMeter((os.getpid(),))
         started = time.perf_counter()
         while True:
             model.run(batch)
@@ -219,6 +264,7 @@ def measure_model(
             elapsed = time.perf_counter() - started
             if elapsed >= seconds:
                 break
+        cpu = meter.stop()
         rows.append(
             ModelThroughput(
                 precision=precision,
@@ -226,6 +272,8 @@ def measure_model(
                 images_per_s=rate(batches * batch_size, elapsed),
                 ms_per_batch=round(elapsed / batches * 1000.0, 2),
                 batches=batches,
+                cpu_ms_per_image=cpu.ms_per(batches * batch_size),
+                others_cpu_percent=cpu.others_percent,
             )
         )
     return rows

@@ -49,7 +49,9 @@ class Plan:
     pipeline_warmup_seconds: float
     pipeline_seconds: float
     single_image_repeats: int
-    # End to end: a burst at the highest concurrency before the RSS baseline, then each level.
+    # End to end: before the RSS baseline, `server_warmup_rounds` requests per connection at the highest
+    # concurrency with each body kind (capped at `server_warmup_seconds`); then each level.
+    server_warmup_rounds: int
     server_warmup_seconds: float
     level_warmup_seconds: float
     level_seconds: float
@@ -76,7 +78,8 @@ FULL_PLAN = Plan(
     pipeline_warmup_seconds=2.0,
     pipeline_seconds=8.0,
     single_image_repeats=3,
-    server_warmup_seconds=4.0,
+    server_warmup_rounds=2,
+    server_warmup_seconds=40.0,
     level_warmup_seconds=2.0,
     level_seconds=12.0,
     max_requests_per_level=5000,
@@ -93,7 +96,8 @@ QUICK_PLAN = Plan(
     pipeline_warmup_seconds=0.5,
     pipeline_seconds=2.0,
     single_image_repeats=1,
-    server_warmup_seconds=1.0,
+    server_warmup_rounds=1,
+    server_warmup_seconds=10.0,
     level_warmup_seconds=0.5,
     level_seconds=2.0,
     max_requests_per_level=500,

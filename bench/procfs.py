@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,3 +55,38 @@ def others_cpu_percent(before: CpuSnapshot, after: CpuSnapshot, seconds: float, 
         return 0.0
     others = (after.machine - before.machine) - (after.ours - before.ours) - extra_ours_s
     return round(max(0.0, 100.0 * others / seconds), 1)
+
+
+@dataclass(frozen=True)
+class CpuUse:
+    """CPU used over an interval by our processes and by everyone else (percent of one core)."""
+
+    seconds: float
+    ours_s: float
+    others_percent: float
+
+    @property
+    def ours_percent(self) -> float:
+        return round(100.0 * self.ours_s / self.seconds, 1) if self.seconds > 0 else 0.0
+
+    def ms_per(self, count: int) -> float:
+        """Our CPU milliseconds per unit of work (image): throughput's noise-robust counterpart."""
+        return round(1000.0 * self.ours_s / count, 1) if count else 0.0
+
+
+class CpuMeter:
+    """Started on creation; `stop()` says how much CPU `pids` and the rest of the machine used since."""
+
+    def __init__(self, pids: tuple[int, ...]) -> None:
+        self._pids = pids
+        self._before = CpuSnapshot.take(pids)
+        self._started = time.perf_counter()
+
+    def stop(self) -> CpuUse:
+        after = CpuSnapshot.take(self._pids)
+        seconds = time.perf_counter() - self._started
+        return CpuUse(
+            seconds=seconds,
+            ours_s=after.ours - self._before.ours,
+            others_percent=others_cpu_percent(self._before, after, seconds),
+        )

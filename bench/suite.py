@@ -26,6 +26,7 @@ from app.inference import OnnxModel
 from bench.endtoend import started_server
 from bench.images import BenchImage, image_set
 from bench.inprocess import (
+    SingleImageLatency,
     load_service_model,
     measure_decode,
     measure_model,
@@ -35,7 +36,7 @@ from bench.inprocess import (
 )
 from bench.modelfile import ModelFile, prepare_model
 from bench.plan import COMPARISON_CONCURRENCY, Device, Plan
-from bench.report import BenchReport, compute_ratios, evaluate
+from bench.report import BenchReport, compute_ratios, cross_check, evaluate
 
 logger = logging.getLogger(__name__)
 
@@ -106,26 +107,37 @@ def run_suite(options: Options) -> BenchReport:
 
     env = server_env(model_file, providers, options.server_env)
     run_dir = options.cache_dir / "runs" / started_at.strftime("%Y%m%dT%H%M%S")
-    with started_server("batched", env, images, plan, cwd=REPO_ROOT, log_path=run_dir / "batched.log") as server:
-        server.warm_up(plan.saturating_concurrency)
-        # Back to back with the c=1 runs, so both see the same machine: the c=1 overhead is their difference.
-        logger.info("single-image path, in process")
-        single_image = measure_single_image(images, model, base, repeats=plan.single_image_repeats)
-        del model
-        gc.collect()
+    single_image: dict[str, SingleImageLatency] = {}
+    # Both servers run side by side (the idle one costs nothing), so the batched and unbatched c=16 levels can
+    # be run back to back: a shared machine's changing load then hits both alike.
+    with (
+        started_server("batched", env, images, plan, cwd=REPO_ROOT, log_path=run_dir / "batched.log") as batched,
+        started_server(
+            "unbatched",
+            {**env, "ALEXNET_MAX_BATCH_SIZE": "1"},
+            images,
+            plan,
+            cwd=REPO_ROOT,
+            log_path=run_dir / "unbatched.log",
+        ) as unbatched,
+    ):
+        batched.warm_up(plan.saturating_concurrency)
+        unbatched.warm_up(COMPARISON_CONCURRENCY)
         for concurrency in plan.concurrency_levels:
             for body in plan.body_kinds:
-                server.run_level(concurrency, body)
-        batched = server.result()
-    unbatched_env = {**env, "ALEXNET_MAX_BATCH_SIZE": "1"}
-    with started_server(
-        "unbatched", unbatched_env, images, plan, cwd=REPO_ROOT, log_path=run_dir / "unbatched.log"
-    ) as server:
-        server.warm_up(COMPARISON_CONCURRENCY)
-        for body in plan.body_kinds:
-            server.run_level(COMPARISON_CONCURRENCY, body)
-        unbatched = server.result()
-    ratios = compute_ratios(decode, single_image, pipeline, batched, unbatched, [image.name for image in images])
+                if concurrency == 1:
+                    # Right before each c=1 level, so both see the same machine.
+                    logger.info("single-image path, in process (before c=1 %s)", body)
+                    single_image[body] = measure_single_image(images, model, base, repeats=plan.single_image_repeats)
+                batched.run_level(concurrency, body)
+                if concurrency == COMPARISON_CONCURRENCY:
+                    unbatched.run_level(concurrency, body)
+        batched_result, unbatched_result = batched.result(), unbatched.result()
+    del model
+    gc.collect()
+    ratios = compute_ratios(
+        decode, single_image, pipeline, batched_result, unbatched_result, [image.name for image in images]
+    )
     meta = _meta(options, providers, images, started_at, time.perf_counter() - started)
     meta["load_average_before"] = load_before
     meta["load_average_after"] = _load_average()
@@ -137,9 +149,10 @@ def run_suite(options: Options) -> BenchReport:
         model_speed=model_speed,
         single_image=single_image,
         pipeline=pipeline,
-        servers=[batched, unbatched],
+        servers=[batched_result, unbatched_result],
         ratios=ratios,
         targets=evaluate(ratios),
+        cross_checks=cross_check(ratios),
     )
 
 

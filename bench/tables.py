@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from bench.report import KIB_PER_MIB, BenchReport
+from bench.report import KIB_PER_MIB, BenchReport, Target
 
 Cell = str | int | float
 
@@ -45,15 +45,24 @@ def render(report: BenchReport) -> str:
         "- CPU % columns: 100 = one core; 'others' is what other processes on the machine used meanwhile\n",
         table(
             "Decode + preprocess, one image at a time (one core), median",
-            ["size", "MP", "JPEG KB", "decode ms", "preprocess ms", "total ms", "CPU ms"],
+            ["size", "decode mode", "MP", "JPEG KB", "decode ms", "preprocess ms", "total ms", "CPU ms"],
             [
-                [t.size, t.megapixels, round(t.jpeg_bytes / 1000), t.decode_ms, t.preprocess_ms, t.total_ms, t.cpu_ms]
+                [
+                    t.size,
+                    t.mode + (" (server)" if t.mode == report.decode.configured_mode else ""),
+                    t.megapixels,
+                    round(t.jpeg_bytes / 1000),
+                    t.decode_ms,
+                    t.preprocess_ms,
+                    t.total_ms,
+                    t.cpu_ms,
+                ]
                 for t in report.decode.per_size
             ],
         ),
         table(
             "Capacity in process (image mix; no HTTP)",
-            ["stage", "setting", "images/s", "detail"],
+            ["stage", "setting", "images/s", "CPU ms/image", "others CPU %", "detail"],
             _capacity_rows(report),
         ),
         table(
@@ -97,45 +106,67 @@ def render(report: BenchReport) -> str:
                 for level in server.levels
             ],
         ),
-        table(
-            "Targets (issue 5)",
-            ["target", "value", "want", "result", "how"],
-            [[t.name, t.value, t.target, "PASS" if t.passed else "FAIL", t.detail] for t in report.targets],
+        _targets_table("Targets (issue 5)", report.targets),
+        _targets_table(
+            "Cross-checks from CPU time per image (informational: what the ratios would be on an idle machine)",
+            report.cross_checks,
         ),
     ]
     return "\n".join(sections)
 
 
+def _targets_table(title: str, targets: Sequence[Target]) -> str:
+    return table(
+        title,
+        ["target", "value", "want", "result", "how"],
+        [[t.name, t.value, t.target, "PASS" if t.passed else "FAIL", t.detail] for t in targets],
+    )
+
+
 def _capacity_rows(report: BenchReport) -> list[list[Cell]]:
     rows: list[list[Cell]] = []
     for decode in report.decode.throughput:
-        rows.append(["decode+preprocess", f"{decode.threads} thread(s)", decode.images_per_s, ""])
+        rows.append(
+            [
+                "decode+preprocess",
+                f"{decode.threads} thread(s), {report.decode.configured_mode} decode",
+                decode.images_per_s,
+                decode.cpu_ms_per_image,
+                decode.others_cpu_percent,
+                "",
+            ]
+        )
     for model in report.model_speed:
         rows.append(
             [
                 "model alone",
                 f"{model.precision} batch {model.batch_size}",
                 model.images_per_s,
+                model.cpu_ms_per_image,
+                model.others_cpu_percent,
                 f"{model.ms_per_batch} ms/batch",
             ]
         )
-    single = report.single_image.summary
-    rows.append(
-        [
-            "single image",
-            "decode+preprocess+batch 1",
-            round(1000.0 / single.mean, 2),
-            f"p50 {single.p50:.1f} ms over the mix",
-        ]
-    )
+    for body, single in report.single_image.items():
+        rows.append(
+            [
+                "single image",
+                f"decode+preprocess+batch 1 (before c=1 {body})",
+                round(1000.0 / single.summary.mean, 2),
+                "",
+                "",
+                f"p50 {single.summary.p50:.1f} ms over the mix",
+            ]
+        )
     for pipeline in report.pipeline:
         rows.append(
             [
                 f"pipeline c={pipeline.concurrency}",
                 pipeline.setting,
                 pipeline.images_per_s,
-                f"batch {pipeline.mean_batch_size}, CPU {pipeline.process_cpu_percent}% "
-                f"({pipeline.cpu_ms_per_image} ms/image), others {pipeline.others_cpu_percent}%, "
+                pipeline.cpu_ms_per_image,
+                pipeline.others_cpu_percent,
+                f"batch {pipeline.mean_batch_size}, CPU {pipeline.process_cpu_percent}%, "
                 f"p50 {pipeline.latency.p50:.0f} ms",
             ]
         )
@@ -149,13 +180,19 @@ def summary(report: BenchReport) -> str:
         ["machine", f"{meta['device_name']} / {meta['cpu']} ({meta['cpu_count']} cores)"],
         ["providers", ", ".join(meta["providers"])],
         ["model", report.model.note],
-        ["decode+preprocess, largest JPEG, one core", f"{report.decode.largest_cpu_ms} ms CPU"],
+        [
+            "decode+preprocess, largest JPEG, one core",
+            ", ".join(f"{mode} decode {ms} ms CPU" for mode, ms in report.decode.largest_cpu_ms.items()),
+        ],
     ]
     rows += [
         [f"model alone, {row.precision} batch {row.batch_size}", f"{row.images_per_s} images/s ({row.ms_per_batch} ms)"]
         for row in report.model_speed
     ]
-    rows.append(["single image in process, p50", f"{report.single_image.summary.p50:.1f} ms"])
+    rows += [
+        [f"single image in process, p50 (before c=1 {body})", f"{single.summary.p50:.1f} ms"]
+        for body, single in report.single_image.items()
+    ]
     ratios = report.ratios
     rows.append(
         ["in-process pipeline, best", f"{ratios.pipeline_best_images_per_s} images/s ({ratios.pipeline_best_setting})"]
@@ -171,6 +208,6 @@ def summary(report: BenchReport) -> str:
             )
     rows += [
         [f"{target.name}", f"{_cell(target.value)} ({target.target}): {'PASS' if target.passed else 'FAIL'}"]
-        for target in report.targets
+        for target in [*report.targets, *report.cross_checks]
     ]
     return table("Summary", ["measure", "value"], rows)
