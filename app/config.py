@@ -68,10 +68,12 @@ class Settings(BaseSettings):
     drain_delay_s: float = Field(default=0.0, ge=0)
 
     api_key: SecretStr | None = None
+    # Browsers may call the API from these origins (comma-separated); none by default: CORS stays closed.
+    cors_origins: Annotated[list[str], NoDecode] = []
 
-    @field_validator("providers", mode="before")
+    @field_validator("providers", "cors_origins", mode="before")
     @classmethod
-    def _split_providers(cls, value: object) -> object:
+    def _split_comma_separated(cls, value: object) -> object:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
