@@ -7,16 +7,22 @@ failure (refused, reset, timed out) is recorded as an outcome of its own, never 
 from __future__ import annotations
 
 import asyncio
+import gc
+import logging
 import math
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 import httpx
 
 REQUEST_TIMEOUT_S = 60.0
 PREDICT_PATH = "/v1/predict"
+# httpx logs every request at INFO; thousands of lines (with `--log-cli-level=INFO`) would slow the client
+# enough to show up in the latencies it measures.
+PER_REQUEST_LOGGERS = ("httpx", "httpcore")
 
 
 @dataclass(frozen=True)
@@ -109,9 +115,23 @@ async def send(client: httpx.AsyncClient, request: PlannedRequest) -> Outcome:
     )
 
 
-def _client(base_url: str, connections: int) -> httpx.AsyncClient:
+@asynccontextmanager
+async def _client(base_url: str, connections: int) -> AsyncIterator[httpx.AsyncClient]:
+    loggers = [logging.getLogger(name) for name in PER_REQUEST_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.WARNING)
     limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
-    return httpx.AsyncClient(base_url=base_url, limits=limits, timeout=REQUEST_TIMEOUT_S)
+    # The test process holds a large heap (pytest, hypothesis, numpy, the app): keep it out of the collector's
+    # full passes, so that the client's own GC pauses do not show up as server latency.
+    gc.freeze()
+    try:
+        async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=REQUEST_TIMEOUT_S) as client:
+            yield client
+    finally:
+        gc.unfreeze()
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
 
 
 async def closed_loop(base_url: str, requests: Sequence[PlannedRequest], concurrency: int) -> LoadReport:
