@@ -13,9 +13,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.schemas import ErrorDetail, ErrorResponse
+from app.schemas import ErrorDetail, ErrorResponse, V2ErrorResponse
 
 logger = logging.getLogger(__name__)
+
+# Routes of the Open Inference Protocol answer errors in that protocol's own shape.
+OPEN_INFERENCE_PREFIX = "/v2"
 
 
 class ServiceError(Exception):
@@ -64,6 +67,10 @@ class DeadlineExceededError(ServiceError):
     code = "deadline_exceeded"
 
 
+class ModelNotFoundError(ServiceError):
+    code = "model_not_found"
+
+
 class InferenceError(ServiceError):
     code = "inference_failed"
 
@@ -83,6 +90,7 @@ STATUS_BY_ERROR: dict[type[ServiceError], int] = {
     ImageTooLargeError: 413,
     UnsupportedMediaTypeError: 415,
     InvalidParameterError: 422,
+    ModelNotFoundError: 404,
     InferenceError: 500,
     ModelNotReadyError: 503,
     OverloadedError: 503,
@@ -99,44 +107,54 @@ def status_for(error: ServiceError) -> int:
     return 500
 
 
-def error_body(code: str, message: str) -> dict[str, object]:
+def error_body(code: str, message: str, *, path: str = "") -> dict[str, object]:
+    """The error body: ours, or the Open Inference Protocol's plain `{"error": message}` under /v2."""
+    if is_open_inference_path(path):
+        return V2ErrorResponse(error=message).model_dump()
     return ErrorResponse(error=ErrorDetail(code=code, message=message)).model_dump()
 
 
-def error_response(error: ServiceError) -> JSONResponse:
+def is_open_inference_path(path: str) -> bool:
+    return path == OPEN_INFERENCE_PREFIX or path.startswith(f"{OPEN_INFERENCE_PREFIX}/")
+
+
+def error_response(error: ServiceError, path: str = "") -> JSONResponse:
     headers = {}
     if isinstance(error, OverloadedError):
         headers["Retry-After"] = str(error.retry_after_s)
     if isinstance(error, UnauthorizedError):
         headers["WWW-Authenticate"] = "Bearer"
-    return JSONResponse(error_body(error.code, error.message), status_code=status_for(error), headers=headers)
+    body = error_body(error.code, error.message, path=path)
+    return JSONResponse(body, status_code=status_for(error), headers=headers)
 
 
-async def _service_error_handler(_: Request, exc: Exception) -> JSONResponse:
+async def _service_error_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ServiceError)
-    return error_response(exc)
+    return error_response(exc, request.url.path)
 
 
-async def _validation_error_handler(_: Request, exc: Exception) -> JSONResponse:
+async def _validation_error_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     problems = "; ".join(
         f"{'.'.join(str(part) for part in err.get('loc', ()))}: {err.get('msg', 'invalid')}" for err in exc.errors()
     )
-    return JSONResponse(error_body(InvalidParameterError.code, problems), status_code=422)
+    return JSONResponse(error_body(InvalidParameterError.code, problems, path=request.url.path), status_code=422)
 
 
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
 
 
-async def _http_error_handler(_: Request, exc: Exception) -> JSONResponse:
+async def _http_error_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     code = _HTTP_CODES.get(exc.status_code, "http_error")
-    return JSONResponse(error_body(code, str(exc.detail)), status_code=exc.status_code, headers=exc.headers)
+    body = error_body(code, str(exc.detail), path=request.url.path)
+    return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
 
 async def _unexpected_error_handler(request: Request, exc: Exception) -> JSONResponse:
     logger.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return JSONResponse(error_body("internal_error", INTERNAL_ERROR_MESSAGE), status_code=500)
+    body = error_body("internal_error", INTERNAL_ERROR_MESSAGE, path=request.url.path)
+    return JSONResponse(body, status_code=500)
 
 
 def install_error_handlers(app: FastAPI) -> None:

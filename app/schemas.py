@@ -83,6 +83,14 @@ class ErrorResponse(BaseModel):
     error: ErrorDetail
 
 
+class V2ErrorResponse(BaseModel):
+    """The Open Inference Protocol's error body."""
+
+    model_config = ConfigDict(json_schema_extra={"example": {"error": "unknown model 'resnet'"}})
+
+    error: str
+
+
 class BatchItemResponse(BaseModel):
     filename: str | None
     result: PredictResponse | None = None

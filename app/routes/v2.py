@@ -1,6 +1,7 @@
 """Open Inference Protocol (KServe v2) routes, so Triton and KServe clients work unchanged.
 
-Errors here use the protocol's own body, `{"error": "..."}`, with the status codes of app/errors.py.
+Errors are raised as domain errors; app/errors.py answers them under /v2 in the protocol's own body,
+`{"error": "..."}`, with the same status codes as everywhere else.
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ from fastapi.responses import JSONResponse
 
 from app import __version__
 from app.deps import RuntimeDep, require_api_key
-from app.errors import InvalidParameterError, ServiceError, status_for
+from app.errors import InvalidParameterError, ModelNotFoundError
 from app.runtime import Runtime
+from app.schemas import V2ErrorResponse
 from app.v2_protocol import HEADER_LENGTH, InferRequest, encode_infer_response, parse_infer_request
 from model.metadata import INPUT_NAME, NUM_CLASSES, OUTPUT_NAME
 
@@ -26,12 +28,18 @@ EXTENSIONS = ["classification", "binary_tensor_data"]
 router = APIRouter(prefix="/v2", tags=["open inference protocol (v2)"])
 
 
-def _protocol_error(error: ServiceError) -> JSONResponse:
-    return JSONResponse({"error": error.message}, status_code=status_for(error))
+def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    return {status: {"model": V2ErrorResponse} for status in statuses}
 
 
-def _unknown_model(name: str) -> JSONResponse:
-    return JSONResponse({"error": f"unknown model {name!r}; this server serves {MODEL_NAME!r}"}, status_code=404)
+NOT_READY: dict[int | str, dict[str, Any]] = {
+    503: {"description": "Not ready", "content": {"application/json": {"example": {"ready": False}}}}
+}
+
+
+def _check_model_name(name: str) -> None:
+    if name != MODEL_NAME:
+        raise ModelNotFoundError(f"unknown model {name!r}; this server serves {MODEL_NAME!r}")
 
 
 @router.get("/health/live")
@@ -40,7 +48,7 @@ async def get_v2_live() -> dict[str, bool]:
     return {"live": True}
 
 
-@router.get("/health/ready", responses={503: {"description": "Not ready"}})
+@router.get("/health/ready", responses=NOT_READY)
 async def get_v2_ready(runtime: RuntimeDep) -> JSONResponse:
     """v2 readiness: 200 once the model is warmed up, 503 before and while draining."""
     return JSONResponse({"ready": runtime.ready}, status_code=200 if runtime.ready else 503)
@@ -52,11 +60,10 @@ async def get_v2_server_metadata() -> dict[str, Any]:
     return {"name": SERVER_NAME, "version": __version__, "extensions": EXTENSIONS}
 
 
-@router.get("/models/{model_name}", response_model=None)
-async def get_v2_model_metadata(model_name: str, runtime: RuntimeDep) -> dict[str, Any] | JSONResponse:
+@router.get("/models/{model_name}", responses=_errors(404))
+async def get_v2_model_metadata(model_name: str, runtime: RuntimeDep) -> dict[str, Any]:
     """v2 model metadata: the input and output tensors."""
-    if model_name != MODEL_NAME:
-        return _unknown_model(model_name)
+    _check_model_name(model_name)
     size = runtime.model.card.preprocessing.input_size
     return {
         "name": MODEL_NAME,
@@ -67,28 +74,26 @@ async def get_v2_model_metadata(model_name: str, runtime: RuntimeDep) -> dict[st
     }
 
 
-@router.get("/models/{model_name}/ready", responses={503: {"description": "Not ready"}})
+@router.get("/models/{model_name}/ready", responses={**_errors(404), **NOT_READY})
 async def get_v2_model_ready(model_name: str, runtime: RuntimeDep) -> JSONResponse:
     """v2 model readiness."""
-    if model_name != MODEL_NAME:
-        return _unknown_model(model_name)
+    _check_model_name(model_name)
     return JSONResponse({"name": MODEL_NAME, "ready": runtime.ready}, status_code=200 if runtime.ready else 503)
 
 
 @router.post(
     "/models/{model_name}/infer",
     dependencies=[Depends(require_api_key)],
-    responses={200: {"content": {"application/json": {}, "application/octet-stream": {}}}},
+    responses={
+        200: {"content": {"application/json": {}, "application/octet-stream": {}}},
+        **_errors(400, 401, 404, 413, 415, 422, 500, 503, 504),
+    },
 )
 async def post_v2_infer(model_name: str, request: Request, runtime: RuntimeDep) -> Response:
     """v2 inference: an FP32 tensor [N,3,227,227] (preprocessed) or a BYTES tensor [N] of encoded images."""
-    if model_name != MODEL_NAME:
-        return _unknown_model(model_name)
-    try:
-        parsed = parse_infer_request(await request.body(), request.headers.get(HEADER_LENGTH), OUTPUT_NAME)
-        probabilities = await _infer(parsed, runtime)
-    except ServiceError as error:
-        return _protocol_error(error)
+    _check_model_name(model_name)
+    parsed = parse_infer_request(await request.body(), request.headers.get(HEADER_LENGTH), OUTPUT_NAME)
+    probabilities = await _infer(parsed, runtime)
     encoded = encode_infer_response(
         model_name=MODEL_NAME,
         model_version=MODEL_VERSION,

@@ -169,3 +169,24 @@ def test_triton_client_sees_protocol_errors(triton_client: triton.InferenceServe
     image.set_data_from_numpy(wrong)
     with pytest.raises(InferenceServerException, match=r"an FP32 input must have shape \[N,3,227,227\]"):
         triton_client.infer("alexnet", [image])
+
+
+def test_errors_raised_before_the_route_use_the_protocol_shape(served_model_path: Path) -> None:
+    settings = Settings(
+        model_path=served_model_path,
+        providers=["CPUExecutionProvider"],
+        warmup_runs=0,
+        api_key="s3cret",
+        max_body_bytes=1000,
+    )
+    with TestClient(create_app(settings)) as client:
+        unauthorized = client.post("/v2/models/alexnet/infer", json={"inputs": []})
+        assert unauthorized.status_code == 401
+        assert unauthorized.json() == {
+            "error": "missing or wrong API key; send `Authorization: Bearer <ALEXNET_API_KEY>`"
+        }
+        too_large = client.post("/v2/models/alexnet/infer", content=b"{" + b" " * 2000 + b"}")
+        assert too_large.status_code == 413
+        assert too_large.json() == {"error": "request body is over the limit of 1000 bytes; send a smaller image"}
+        # /v1 keeps its own shape.
+        assert client.post("/v1/predict", content=b"x").json()["error"]["code"] == "unauthorized"
