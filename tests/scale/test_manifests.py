@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from tests.scale.checkov_env import checkov_executable
-from tests.scale.kustomize_render import Resource, render, split_image
+from tests.scale.kustomize_render import Resource, UnsupportedKustomization, render, split_image
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 K8S_DIR = REPO_ROOT / "docker" / "k8s"
@@ -148,6 +148,28 @@ def test_renderer_matches_kubectl_kustomize(kustomization: str, rendered: dict[s
         pytest.skip("kubectl is not installed: the Python renderer alone checks the overlays")
     expected = _by_identity(_kubectl_kustomize(K8S_DIR / kustomization))
     assert _by_identity(rendered[kustomization]) == expected
+
+
+@pytest.mark.parametrize(
+    ("kustomization", "patch"),
+    [
+        ("commonLabels: {team: vision}\n", None),
+        ("patches: [{path: patch.yaml, target: {kind: Deployment}}]\n", "kind: Deployment\n"),
+        (
+            "patches: [{path: patch.yaml}]\n",
+            "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec:\n  $patch: replace\n",
+        ),
+    ],
+    ids=["unknown field", "patch target", "patch directive"],
+)
+def test_renderer_refuses_what_it_does_not_implement(kustomization: str, patch: str | None, tmp_path: Path) -> None:
+    service = "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec: {ports: [{port: 80}]}\n"
+    (tmp_path / "service.yaml").write_text(service)
+    (tmp_path / "kustomization.yaml").write_text("resources: [service.yaml]\n" + kustomization)
+    if patch is not None:
+        (tmp_path / "patch.yaml").write_text(patch)
+    with pytest.raises(UnsupportedKustomization):
+        render(tmp_path)
 
 
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
