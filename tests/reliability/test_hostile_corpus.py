@@ -390,6 +390,18 @@ def test_health_stays_open_without_a_token(client: httpx.Client) -> None:
         assert client.get(path).status_code == 200, path
 
 
+def test_cors_stays_closed_by_default(client: httpx.Client) -> None:
+    """Without ALEXNET_CORS_ORIGINS no origin is allowed: no preflight answer, no Access-Control-* headers."""
+    origin = {"Origin": "https://attacker.example"}
+    preflight = client.options("/v1/predict", headers=origin | {"Access-Control-Request-Method": "POST"})
+    assert preflight.status_code == 405
+    headers = AUTH_HEADERS | origin | {"Content-Type": "image/jpeg"}
+    response = client.post("/v1/predict", content=small_jpeg(), headers=headers)
+    assert response.status_code == 200, response.text
+    for answer in (preflight, response):
+        assert not [name for name in answer.headers if name.lower().startswith("access-control-")], answer.headers
+
+
 def test_the_corpus_is_at_least_thirty_inputs() -> None:
     names = [case.name for case in IMAGE_CASES] + [case.name for case in REQUEST_CASES]
     assert len(set(names)) == len(names) >= 30
