@@ -375,9 +375,9 @@ def test_batch_echoes_only_base_names_and_fails_only_the_bad_slots(
     assert [result["filename"] for result in results] == [echoed for _, _, echoed, _ in uploads]
     for result, (_, _, _, expected) in zip(results, uploads, strict=True):
         if isinstance(expected, tuple):
-            status_code = expected[1]
+            code = expected[1]
             assert result["result"] is None
-            assert result["error"]["code"] == status_code, result
+            assert result["error"]["code"] == code, result
             assert not LEAKS.search(result["error"]["message"]), result
         else:
             assert result["error"] is None
