@@ -124,6 +124,9 @@ def error_response(error: ServiceError, path: str = "") -> JSONResponse:
         headers["Retry-After"] = str(error.retry_after_s)
     if isinstance(error, UnauthorizedError):
         headers["WWW-Authenticate"] = "Bearer"
+    if isinstance(error, PayloadTooLargeError):
+        # Close rather than read and discard the rest of an oversized body (it may be a gigabyte).
+        headers["Connection"] = "close"
     body = error_body(error.code, error.message, path=path)
     return JSONResponse(body, status_code=status_for(error), headers=headers)
 

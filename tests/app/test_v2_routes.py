@@ -14,6 +14,7 @@ import pytest
 import tritonclient.http as triton
 from fastapi.testclient import TestClient
 from PIL import Image
+from pydantic import SecretStr
 from tritonclient.utils import InferenceServerException
 
 from app.config import Settings
@@ -176,7 +177,7 @@ def test_errors_raised_before_the_route_use_the_protocol_shape(served_model_path
         model_path=served_model_path,
         providers=["CPUExecutionProvider"],
         warmup_runs=0,
-        api_key="s3cret",
+        api_key=SecretStr("s3cret"),
         max_body_bytes=1000,
     )
     with TestClient(create_app(settings)) as client:
