@@ -28,7 +28,7 @@ from tests.reliability.hostile_inputs import (
 
 # Small enough that a mutated header cannot make one example decode for long; the limit logic is the same.
 FUZZ_MAX_PIXELS = 2_000_000
-EXAMPLES = 300
+EXAMPLES = 500
 FUZZ_SETTINGS = settings(
     max_examples=EXAMPLES,
     deadline=None,
@@ -107,9 +107,11 @@ def mutated_images(draw: st.DrawFn) -> bytes:
 signature_prefixed = st.builds(lambda signature, rest: signature + rest, st.sampled_from(SIGNATURES), st.binary())
 
 
-def _decodes_or_fails_cleanly(data: bytes, pre: Preprocessing) -> None:
+def _decodes_or_fails_cleanly(data: bytes, pre: Preprocessing, fast_jpeg_decode: bool = False) -> None:
+    """What the server does with `data` (full decode by default, draft mode with ALEXNET_FAST_JPEG_DECODE)."""
+    draft_size = pre.resize_size if fast_jpeg_decode else None
     try:
-        decoded = decode_image(data, max_pixels=FUZZ_MAX_PIXELS, draft_size=pre.resize_size)
+        decoded = decode_image(data, max_pixels=FUZZ_MAX_PIXELS, draft_size=draft_size)
         tensor = preprocess(decoded.image, pre)
     except ServiceError as error:
         assert isinstance(error, EXPECTED_ERRORS), f"{type(error).__name__}: {error.message}"
@@ -140,9 +142,11 @@ def test_bytes_behind_an_accepted_signature_decode_or_fail_with_a_service_error(
 
 @pytest.mark.parametrize("weights", sorted(PREPROCESSINGS))
 @FUZZ_SETTINGS
-@given(data=mutated_images())
-def test_mutated_valid_images_decode_or_fail_with_a_service_error(weights: str, data: bytes) -> None:
-    _decodes_or_fails_cleanly(data, PREPROCESSINGS[weights])
+@given(data=mutated_images(), fast_jpeg_decode=st.booleans())
+def test_mutated_valid_images_decode_or_fail_with_a_service_error(
+    weights: str, data: bytes, fast_jpeg_decode: bool
+) -> None:
+    _decodes_or_fails_cleanly(data, PREPROCESSINGS[weights], fast_jpeg_decode)
 
 
 def test_every_seed_image_decodes() -> None:
