@@ -58,7 +58,7 @@ _BATCH_BODY = {
             "multipart/form-data": {
                 "schema": {
                     "type": "object",
-                    "properties": {BATCH_FIELD: {"type": "array", "items": _BINARY}},
+                    "properties": {BATCH_FIELD: {"type": "array", "items": _BINARY, "minItems": 1}},
                     "required": [BATCH_FIELD],
                 }
             }
