@@ -48,9 +48,8 @@ class LiveServer:
         raise AssertionError(f"server not ready within {STARTUP_TIMEOUT_S} s:\n{self.log()}")
 
 
-@contextmanager
-def live_server(model_path: Path, log_dir: Path, env: Mapping[str, str] | None = None) -> Iterator[LiveServer]:
-    """A ready server; killed on exit if the test did not stop it."""
+def spawn_server(model_path: Path, log_path: Path, env: Mapping[str, str] | None = None) -> LiveServer:
+    """Start `python -m app` on a free loopback port, logging to `log_path`; does not wait for readiness."""
     port = free_port()
     environment = {
         **os.environ,
@@ -62,12 +61,18 @@ def live_server(model_path: Path, log_dir: Path, env: Mapping[str, str] | None =
         "ALEXNET_PROVIDERS": "CPUExecutionProvider",
         **(env or {}),
     }
-    log_path = log_dir / f"server-{port}.log"
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(
             [sys.executable, "-m", "app"], env=environment, stdout=log_file, stderr=subprocess.STDOUT
         )
-    server = LiveServer(url=f"http://127.0.0.1:{port}", process=process, log_path=log_path)
+    return LiveServer(url=f"http://127.0.0.1:{port}", process=process, log_path=log_path)
+
+
+@contextmanager
+def live_server(model_path: Path, log_dir: Path, env: Mapping[str, str] | None = None) -> Iterator[LiveServer]:
+    """A ready server; killed on exit if the test did not stop it."""
+    server = spawn_server(model_path, log_dir / f"server-{free_port()}.log", env)
+    process = server.process
     try:
         server.wait_ready()
         yield server

@@ -13,7 +13,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -24,7 +23,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.app.live_server import LiveServer, free_port
+from tests.app.live_server import LiveServer, free_port, spawn_server
 
 BACKEND = "replicas"
 HEALTH_CHECK_PATH = "/health/ready"
@@ -51,23 +50,7 @@ def start_replicas(count: int, model_path: Path, log_dir: Path, env: Mapping[str
     started: list[Replica] = []
     try:
         for index in range(count):
-            port = free_port()
-            environment = {
-                **os.environ,
-                "ALEXNET_HOST": "127.0.0.1",
-                "ALEXNET_PORT": str(port),
-                "ALEXNET_MODEL_PATH": str(model_path),
-                "ALEXNET_AUTO_EXPORT": "false",
-                "ALEXNET_LOG_FORMAT": "plain",
-                "ALEXNET_PROVIDERS": "CPUExecutionProvider",
-                **env,
-            }
-            log_path = log_dir / f"replica-{index}.log"
-            with log_path.open("wb") as log_file:
-                process = subprocess.Popen(
-                    [sys.executable, "-m", "app"], env=environment, stdout=log_file, stderr=subprocess.STDOUT
-                )
-            server = LiveServer(url=f"http://127.0.0.1:{port}", process=process, log_path=log_path)
+            server = spawn_server(model_path, log_dir / f"replica-{index}.log", env)
             started.append(Replica(name=f"r{index}", server=server))
         # Started together, waited for together: they load the model in parallel.
         for replica in started:
