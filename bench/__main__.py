@@ -76,9 +76,9 @@ def main(argv: list[str] | None = None) -> int:
         argv=arguments,
     )
     report = run_suite(options)
+    write_json(report, args.output)  # first: a rendering problem must not lose the measurements
     full = render(report)
     markdown = args.output.with_suffix(".md")
-    write_json(report, args.output)
     write_text(markdown, full)
     sys.stdout.write(summary(report) if args.printed == "summary" else full)
     sys.stdout.write(f"\nJSON: {args.output}\nreport: {markdown}\n")

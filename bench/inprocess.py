@@ -10,6 +10,7 @@ import asyncio
 import itertools
 import logging
 import os
+import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -125,6 +126,38 @@ class _ArgumentSettings(Settings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return (init_settings,)
+
+
+@dataclass(frozen=True)
+class PipelineResult:
+    """One pipeline setting over its interleaved rounds; the headline figures are the rounds' means."""
+
+    setting: str
+    overrides: dict[str, int | float]
+    images_per_s: float
+    cpu_ms_per_image: float
+    others_cpu_percent: float
+    mean_batch_size: float
+    rounds: list[PipelineThroughput]
+
+
+def summarise_pipeline(rows: Sequence[PipelineThroughput]) -> list[PipelineResult]:
+    """Group rounds by setting (first-seen order) and average them."""
+    by_setting: dict[str, list[PipelineThroughput]] = {}
+    for row in rows:
+        by_setting.setdefault(row.setting, []).append(row)
+    return [
+        PipelineResult(
+            setting=setting,
+            overrides=rounds[0].overrides,
+            images_per_s=round(statistics.fmean(row.images_per_s for row in rounds), 2),
+            cpu_ms_per_image=round(statistics.fmean(row.cpu_ms_per_image for row in rounds), 1),
+            others_cpu_percent=round(statistics.fmean(row.others_cpu_percent for row in rounds), 1),
+            mean_batch_size=round(statistics.fmean(row.mean_batch_size for row in rounds), 2),
+            rounds=rounds,
+        )
+        for setting, rounds in by_setting.items()
+    ]
 
 
 def service_settings(model_path: Path, providers: Sequence[str], server_env: Mapping[str, str]) -> Settings:

@@ -30,9 +30,8 @@ PIPELINE_SWEEP = (
     DEFAULT_PIPELINE_SETTING,
     PipelineSetting("decode_threads=1", {"decode_threads": 1}),
     PipelineSetting("intra_op_threads=1", {"intra_op_threads": 1}),
-    PipelineSetting("decode_threads=1 intra_op_threads=1", {"decode_threads": 1, "intra_op_threads": 1}),
     PipelineSetting("max_batch_size=32", {"max_batch_size": 32}),
-    PipelineSetting("max_batch_size=8", {"max_batch_size": 8}),
+    PipelineSetting("batch_timeout_ms=0", {"batch_timeout_ms": 0.0}),
 )
 
 
@@ -46,6 +45,7 @@ class Plan:
     model_batch_sizes: tuple[int, ...]
     model_seconds: float
     pipeline_settings: tuple[PipelineSetting, ...]
+    pipeline_rounds: int
     pipeline_warmup_seconds: float
     pipeline_seconds: float
     single_image_repeats: int
@@ -75,13 +75,14 @@ FULL_PLAN = Plan(
     model_batch_sizes=CPU_MODEL_BATCH_SIZES,
     model_seconds=5.0,
     pipeline_settings=PIPELINE_SWEEP,
+    pipeline_rounds=2,
     pipeline_warmup_seconds=2.0,
-    pipeline_seconds=8.0,
+    pipeline_seconds=5.0,
     single_image_repeats=3,
     server_warmup_rounds=2,
     server_warmup_seconds=40.0,
     level_warmup_seconds=2.0,
-    level_seconds=12.0,
+    level_seconds=10.0,
     max_requests_per_level=5000,
 )
 
@@ -93,6 +94,7 @@ QUICK_PLAN = Plan(
     model_batch_sizes=CPU_MODEL_BATCH_SIZES,
     model_seconds=1.0,
     pipeline_settings=(DEFAULT_PIPELINE_SETTING,),
+    pipeline_rounds=1,
     pipeline_warmup_seconds=0.5,
     pipeline_seconds=2.0,
     single_image_repeats=1,

@@ -11,7 +11,7 @@ from typing import Any
 
 from bench.endtoend import LevelResult, ServerResult
 from bench.images import LARGEST_SIZE
-from bench.inprocess import DecodeResult, ModelThroughput, PipelineThroughput, SingleImageLatency
+from bench.inprocess import DecodeResult, ModelThroughput, PipelineResult, SingleImageLatency
 from bench.modelfile import ModelFile
 from bench.plan import BODY_KINDS, COMPARISON_CONCURRENCY, DEFAULT_PIPELINE_SETTING
 from bench.stats import median
@@ -73,7 +73,7 @@ class BenchReport:
     decode: DecodeResult
     model_speed: list[ModelThroughput]
     single_image: dict[str, SingleImageLatency]
-    pipeline: list[PipelineThroughput]
+    pipeline: list[PipelineResult]
     servers: list[ServerResult]
     ratios: Ratios
     targets: list[Target] = field(default_factory=list)
@@ -103,7 +103,7 @@ def _finite(value: Any) -> Any:
 def compute_ratios(
     decode: DecodeResult,
     single_image: dict[str, SingleImageLatency],
-    pipeline: Sequence[PipelineThroughput],
+    pipeline: Sequence[PipelineResult],
     batched: ServerResult,
     unbatched: ServerResult,
     image_names: Sequence[str],

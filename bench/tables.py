@@ -8,6 +8,8 @@ from collections.abc import Sequence
 from bench.report import KIB_PER_MIB, BenchReport, Target
 
 Cell = str | int | float
+# Above this much CPU used by other processes (percent of one core, on average) a run is flagged as noisy.
+NOISY_OTHERS_CPU_PERCENT = 20.0
 
 
 def table(title: str, headers: Sequence[str], rows: Sequence[Sequence[Cell]]) -> str:
@@ -38,11 +40,19 @@ def render(report: BenchReport) -> str:
         f"- machine: {meta['device_name']}, {meta['cpu']} ({meta['cpu_count']} cores), {meta['platform']}\n"
         f"- software: Python {meta['python']}, onnxruntime {meta['onnxruntime']}, Pillow {meta['pillow']}, "
         f"numpy {meta['numpy']}; providers {', '.join(meta['providers'])}\n"
+        f"- server settings: {_settings_line(report)}\n"
         f"- model: {report.model.path} ({report.model.note})\n"
         f"- images: {meta['image_mix']}\n"
         f"- command: `{meta['command']}` at {meta['started_at']}, {meta['duration_s']:.0f} s; "
         f"load average {meta['load_average_before']} before, {meta['load_average_after']} after\n"
-        "- CPU % columns: 100 = one core; 'others' is what other processes on the machine used meanwhile\n",
+        "- CPU % columns: 100 = one core; 'others' is what other processes on the machine used meanwhile\n"
+        f"- machine noise: other processes used {meta['others_cpu_percent_mean']}% of one core on average "
+        f"(max {meta['others_cpu_percent_max']}%) of the {meta['cpu_count']}00% there is"
+        + (
+            "; **ratios between phases measured under different noise are unreliable: see the cross-checks**\n"
+            if meta["others_cpu_percent_mean"] > NOISY_OTHERS_CPU_PERCENT
+            else "\n"
+        ),
         table(
             "Decode + preprocess, one image at a time (one core), median",
             ["size", "decode mode", "MP", "JPEG KB", "decode ms", "preprocess ms", "total ms", "CPU ms"],
@@ -159,15 +169,16 @@ def _capacity_rows(report: BenchReport) -> list[list[Cell]]:
             ]
         )
     for pipeline in report.pipeline:
+        first = pipeline.rounds[0]
         rows.append(
             [
-                f"pipeline c={pipeline.concurrency}",
+                f"pipeline c={first.concurrency}",
                 pipeline.setting,
                 pipeline.images_per_s,
                 pipeline.cpu_ms_per_image,
                 pipeline.others_cpu_percent,
-                f"batch {pipeline.mean_batch_size}, CPU {pipeline.process_cpu_percent}%, "
-                f"p50 {pipeline.latency.p50:.0f} ms",
+                f"batch {pipeline.mean_batch_size}; rounds "
+                + ", ".join(f"{row.images_per_s} images/s (p50 {row.latency.p50:.0f} ms)" for row in pipeline.rounds),
             ]
         )
     return rows
@@ -211,3 +222,12 @@ def summary(report: BenchReport) -> str:
         for target in [*report.targets, *report.cross_checks]
     ]
     return table("Summary", ["measure", "value"], rows)
+
+
+def _settings_line(report: BenchReport) -> str:
+    """What differs from a plain `python -m app`: ALEXNET_* overrides and inherited allocator/thread variables."""
+    plumbing = {"ALEXNET_HOST", "ALEXNET_PORT", "ALEXNET_MODEL_PATH", "ALEXNET_AUTO_EXPORT"}
+    batched = report.servers[0].settings_env if report.servers else {}
+    chosen = [f"{key}={value}" for key, value in batched.items() if key not in plumbing]
+    chosen += [f"{key}={value}" for key, value in report.meta["inherited_env"].items()]
+    return ", ".join(chosen) + " (unbatched server: the same plus ALEXNET_MAX_BATCH_SIZE=1)"
