@@ -119,13 +119,19 @@ def load_model(settings: Settings) -> OnnxModel:
     return OnnxModel(session, card, report, io_binding=use_binding)
 
 
-def _open_session(path: Path, settings: Settings) -> ort.InferenceSession:
+def session_options(settings: Settings) -> ort.SessionOptions:
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = settings.intra_op_threads
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if settings.intra_op_spinning else "0")
     # One batch runs at a time; parallelism comes from intra-op threads, not concurrent graph branches.
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    return options
+
+
+def _open_session(path: Path, settings: Settings) -> ort.InferenceSession:
+    options = session_options(settings)
     providers: list[str | tuple[str, dict[str, Any]]] = []
     for name in settings.providers:
         if name == CUDA_PROVIDER:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ from onnx import TensorProto, helper
 
 from app.config import CPU_PROVIDER, CUDA_PROVIDER, Settings
 from app.errors import ModelLoadError
-from app.inference import CPU_FALLBACK_WARNING, UNTRAINED_WARNING, load_model
+from app.inference import CPU_FALLBACK_WARNING, UNTRAINED_WARNING, load_model, session_options
 from model.labels import imagenet_labels
 from model.metadata import BVLC_PREPROCESSING, ModelCard
 
@@ -155,3 +156,20 @@ def test_cpu_only_model_reports_no_fallback_and_warns_it_is_untrained(
     assert probabilities.shape == (2, 1000)
     assert probabilities.dtype == np.float32
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize(("spinning", "entry"), [(False, "0"), (True, "1")])
+def test_thread_settings_reach_the_session(spinning: bool, entry: str) -> None:
+    settings = Settings(intra_op_threads=3, intra_op_spinning=spinning)
+    options = session_options(settings)
+    assert options.intra_op_num_threads == 3
+    assert options.inter_op_num_threads == 1
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == entry
+
+
+def test_default_threads_split_the_cores_between_inference_and_decoding() -> None:
+    cores = os.cpu_count() or 1
+    settings = Settings()
+    assert settings.intra_op_threads == max(1, cores // 2)
+    assert settings.decode_threads == cores
+    assert settings.intra_op_spinning is False
