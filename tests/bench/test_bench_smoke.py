@@ -1,0 +1,42 @@
+"""`python -m bench --quick` runs every phase end to end and writes its report (speed is not asserted)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+QUICK_RUN_TIMEOUT_S = 600
+
+
+def test_quick_benchmark_writes_every_section(served_model_path: Path, tmp_path: Path) -> None:
+    output = tmp_path / "bench.json"
+    command = [
+        sys.executable,
+        "-m",
+        "bench",
+        "--quick",
+        "--model",
+        str(served_model_path),
+        "--output",
+        str(output),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--print",
+        "summary",
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=QUICK_RUN_TIMEOUT_S)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads(output.read_text())
+    for section in ("meta", "decode", "model_speed", "pipeline", "servers", "ratios", "targets"):
+        assert report[section], f"empty section {section}"
+    targets = {target["name"]: target for target in report["targets"]}
+    assert targets["errors under load"]["value"] == 0, "the server answered every benchmark request"
+    assert "end-to-end saturated ÷ in-process pipeline" in targets
+    assert output.with_suffix(".md").read_text().startswith("## alexnet-serve benchmark")
+    assert "images/s" in result.stdout
