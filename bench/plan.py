@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -25,14 +26,19 @@ class PipelineSetting:
 
 
 DEFAULT_PIPELINE_SETTING = PipelineSetting("server defaults", {})
-# One knob at a time around the server's defaults: enough to find the best setting and to show which knob matters.
-PIPELINE_SWEEP = (
-    DEFAULT_PIPELINE_SETTING,
-    PipelineSetting("decode_threads=1", {"decode_threads": 1}),
-    PipelineSetting("intra_op_threads=1", {"intra_op_threads": 1}),
-    PipelineSetting("max_batch_size=32", {"max_batch_size": 32}),
-    PipelineSetting("batch_timeout_ms=0", {"batch_timeout_ms": 0.0}),
-)
+
+
+def pipeline_sweep(cpu_count: int) -> tuple[PipelineSetting, ...]:
+    """The server's settings, then one knob at a time: enough to find the best setting and to show which knob
+    matters. Variations that equal the server's settings are dropped when the run starts."""
+    return (
+        DEFAULT_PIPELINE_SETTING,
+        PipelineSetting("decode_threads=1", {"decode_threads": 1}),
+        PipelineSetting(f"intra_op_threads={cpu_count}", {"intra_op_threads": cpu_count}),
+        PipelineSetting("intra_op_threads=1", {"intra_op_threads": 1}),
+        PipelineSetting("max_batch_size=32", {"max_batch_size": 32}),
+        PipelineSetting("batch_timeout_ms=0", {"batch_timeout_ms": 0.0}),
+    )
 
 
 @dataclass(frozen=True)
@@ -74,7 +80,7 @@ FULL_PLAN = Plan(
     decode_seconds=5.0,
     model_batch_sizes=CPU_MODEL_BATCH_SIZES,
     model_seconds=5.0,
-    pipeline_settings=PIPELINE_SWEEP,
+    pipeline_settings=pipeline_sweep(os.cpu_count() or 1),
     pipeline_rounds=2,
     pipeline_warmup_seconds=2.0,
     pipeline_seconds=5.0,

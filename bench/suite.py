@@ -37,7 +37,7 @@ from bench.inprocess import (
     summarise_pipeline,
 )
 from bench.modelfile import ModelFile, prepare_model
-from bench.plan import COMPARISON_CONCURRENCY, Device, Plan
+from bench.plan import COMPARISON_CONCURRENCY, Device, PipelineSetting, Plan
 from bench.report import BenchReport, compute_ratios, cross_check, evaluate
 
 logger = logging.getLogger(__name__)
@@ -90,8 +90,9 @@ def run_suite(options: Options) -> BenchReport:
         model_speed += measure_model(fp16, plan.model_batch_sizes, seconds=plan.model_seconds, precision="fp16")
         del fp16
     rounds = []
+    settings = distinct_settings(base, plan.pipeline_settings)
     # Settings take turns, round after round, so a change in the machine's load does not favour one of them.
-    for round_index, setting in itertools.product(range(plan.pipeline_rounds), plan.pipeline_settings):
+    for round_index, setting in itertools.product(range(plan.pipeline_rounds), settings):
         logger.info("in-process pipeline, round %d: %s", round_index + 1, setting.name)
         rounds.append(
             measure_pipeline(
@@ -165,6 +166,19 @@ def run_suite(options: Options) -> BenchReport:
         targets=evaluate(ratios),
         cross_checks=cross_check(ratios),
     )
+
+
+def distinct_settings(base: Settings, candidates: Sequence[PipelineSetting]) -> list[PipelineSetting]:
+    """`candidates` without those that come to the same settings as an earlier one (e.g. a variation that is
+    already the server's default on this machine)."""
+    seen: list[dict[str, Any]] = []
+    kept = []
+    for candidate in candidates:
+        effective = base.model_copy(update=candidate.overrides).model_dump()
+        if effective not in seen:
+            seen.append(effective)
+            kept.append(candidate)
+    return kept
 
 
 def server_env(model_file: ModelFile, providers: Sequence[str], extra: dict[str, str]) -> dict[str, str]:
