@@ -127,6 +127,9 @@ def session_options(settings: Settings) -> ort.SessionOptions:
     # One batch runs at a time; parallelism comes from intra-op threads, not concurrent graph branches.
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    # Memory patterns are planned and kept per input shape; dynamic batching produces every batch size from
+    # 1 to max_batch_size, so they would grow RSS for each new size long after warm-up.
+    options.enable_mem_pattern = False
     return options
 
 

@@ -165,6 +165,8 @@ def test_thread_settings_reach_the_session(spinning: bool, entry: str) -> None:
     assert options.intra_op_num_threads == 3
     assert options.inter_op_num_threads == 1
     assert options.get_session_config_entry("session.intra_op.allow_spinning") == entry
+    # Per-shape memory patterns would grow RSS with every new batch size (the soak test measures it).
+    assert options.enable_mem_pattern is False
 
 
 def test_default_threads_split_the_cores_between_inference_and_decoding() -> None:
