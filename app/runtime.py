@@ -22,10 +22,22 @@ from app.metrics import Metrics
 from app.postprocessing import TOP5, ranked
 from app.preprocessing import decode_image, preprocess
 from app.schemas import ClassScore, ModelSummary, PredictResponse, TimingMs
+from model.metadata import Preprocessing
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+
+def prepare_image(data: bytes, pre: Preprocessing, settings: Settings) -> tuple[npt.NDArray[np.float32], float, float]:
+    """What the server does to each upload before inference: (tensor [3, S, S], decode ms, preprocess ms)."""
+    started = time.perf_counter()
+    draft_size = pre.resize_size if settings.fast_jpeg_decode else None
+    decoded = decode_image(data, max_pixels=settings.max_image_pixels, draft_size=draft_size)
+    decoded_at = time.perf_counter()
+    tensor = preprocess(decoded.image, pre)
+    finished = time.perf_counter()
+    return tensor, (decoded_at - started) * 1000.0, (finished - decoded_at) * 1000.0
 
 
 class Runtime:
@@ -186,14 +198,7 @@ class Runtime:
         return await asyncio.get_running_loop().run_in_executor(self._decode_pool, self._prepare, data)
 
     def _prepare(self, data: bytes) -> tuple[npt.NDArray[np.float32], float, float]:
-        pre = self.model.card.preprocessing
-        started = time.perf_counter()
-        draft_size = pre.resize_size if self.settings.fast_jpeg_decode else None
-        decoded = decode_image(data, max_pixels=self.settings.max_image_pixels, draft_size=draft_size)
-        decoded_at = time.perf_counter()
-        tensor = preprocess(decoded.image, pre)
-        finished = time.perf_counter()
-        return tensor, (decoded_at - started) * 1000.0, (finished - decoded_at) * 1000.0
+        return prepare_image(data, self.model.card.preprocessing, self.settings)
 
     def _response(
         self,

@@ -23,8 +23,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 from app.config import CUDA_PROVIDER, DEFAULT_TOP_K, Settings
 from app.errors import ServiceError
 from app.inference import OnnxModel, load_model
-from app.preprocessing import decode_image, preprocess
-from app.runtime import Runtime
+from app.runtime import Runtime, prepare_image
 from bench.images import LARGEST_SIZE, BenchImage
 from bench.plan import PipelineSetting
 from bench.procfs import CpuMeter, CpuSnapshot, others_cpu_percent
@@ -173,18 +172,8 @@ def service_settings(model_path: Path, providers: Sequence[str], server_env: Map
 
 
 def prepare(data: bytes, model: OnnxModel, settings: Settings) -> tuple[FloatArray, float, float]:
-    """What the server does to each upload before inference: (tensor, decode ms, preprocess ms).
-
-    Mirrors `Runtime._prepare` (which is private); keep the two in step.
-    """
-    pre = model.card.preprocessing
-    started = time.perf_counter()
-    draft_size = pre.resize_size if settings.fast_jpeg_decode else None
-    decoded = decode_image(data, max_pixels=settings.max_image_pixels, draft_size=draft_size)
-    decoded_at = time.perf_counter()
-    tensor = preprocess(decoded.image, pre)
-    finished = time.perf_counter()
-    return tensor, (decoded_at - started) * 1000.0, (finished - decoded_at) * 1000.0
+    """What the server does to each upload before inference: the server's own `prepare_image`."""
+    return prepare_image(data, model.card.preprocessing, settings)
 
 
 def decode_mode(settings: Settings) -> str:
