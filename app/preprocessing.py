@@ -78,7 +78,9 @@ def decode_image(data: bytes, *, max_pixels: int, draft_size: int | None = None)
             image.draft(None, (draft_size * DRAFT_MARGIN, draft_size * DRAFT_MARGIN))
         image.seek(0)
         image.load()
-        rgb = to_rgb(ImageOps.exif_transpose(image))
+        # In place: otherwise Pillow copies every unrotated image, 36 MB and ~15 ms for a 12 MP photo.
+        ImageOps.exif_transpose(image, in_place=True)
+        rgb = to_rgb(image)
     except (OSError, ValueError, SyntaxError, EOFError) as error:
         raise InvalidImageError(f"cannot decode the {image_format} image: {_reason(error)}") from None
     return DecodedImage(image=rgb, format=image_format, width=width, height=height)
