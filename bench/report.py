@@ -58,6 +58,10 @@ class Ratios:
     # CPU per image instead of images per second: what the ratios would be on an otherwise idle, CPU-bound box.
     end_to_end_cpu_efficiency: float
     batching_cpu_gain_c16: dict[str, float]
+    # Amdahl bounds for batching_speedup_c16, per body kind, from the unbatched server's CPU per image: with its
+    # batch-1 inference replaced by the model's best batched cost, and by nothing at all.
+    batching_ceiling_c16: dict[str, float]
+    batching_ceiling_free_inference_c16: dict[str, float]
     # The largest JPEG's decode+preprocess in the server's decode mode, and in the other mode for comparison.
     decode_mode: str
     largest_jpeg_cpu_ms: float
@@ -100,8 +104,15 @@ def _finite(value: Any) -> Any:
     return value
 
 
+def batching_ceiling(unbatched_cpu_ms: float, batch1_cpu_ms: float, batched_cpu_ms: float) -> float:
+    """The most batching can speed up a CPU-bound server: only the inference share of each image's CPU time
+    shrinks (from `batch1_cpu_ms` to `batched_cpu_ms`); decoding, HTTP and JSON cost what they cost."""
+    return _ratio(unbatched_cpu_ms, unbatched_cpu_ms - batch1_cpu_ms + batched_cpu_ms, 2)
+
+
 def compute_ratios(
     decode: DecodeResult,
+    model_speed: Sequence[ModelThroughput],
     single_image: dict[str, SingleImageLatency],
     pipeline: Sequence[PipelineResult],
     batched: ServerResult,
@@ -122,11 +133,18 @@ def compute_ratios(
             overhead_vs_in_process[level.body] = round(median(differences), 2)
     speedup: dict[str, float] = {}
     cpu_gain: dict[str, float] = {}
+    ceiling: dict[str, float] = {}
+    ceiling_free: dict[str, float] = {}
+    fp32 = [row for row in model_speed if row.precision == "fp32"]
+    batch1 = next((row.cpu_ms_per_image for row in fp32 if row.batch_size == 1), float("nan"))
+    batched_best = min((row.cpu_ms_per_image for row in fp32 if row.batch_size > 1), default=float("nan"))
     for level in _at(batched, COMPARISON_CONCURRENCY):
         other = next((row for row in _at(unbatched, COMPARISON_CONCURRENCY) if row.body == level.body), None)
         if other is not None and other.images_per_s > 0 and level.server_cpu_ms_per_image > 0:
             speedup[level.body] = round(level.images_per_s / other.images_per_s, 2)
             cpu_gain[level.body] = round(other.server_cpu_ms_per_image / level.server_cpu_ms_per_image, 2)
+            ceiling[level.body] = batching_ceiling(other.server_cpu_ms_per_image, batch1, batched_best)
+            ceiling_free[level.body] = batching_ceiling(other.server_cpu_ms_per_image, batch1, 0.0)
     # The saturated level with the lowest server CPU per image is the fairest CPU comparison with the pipeline.
     saturated_levels = [level for level in batched.levels if level.concurrency >= COMPARISON_CONCURRENCY]
     server_cpu_ms = min((level.server_cpu_ms_per_image for level in saturated_levels), default=0.0)
@@ -150,6 +168,8 @@ def compute_ratios(
         rss_growth={server.label: round(server.rss_growth, 4) for server in (batched, unbatched)},
         end_to_end_cpu_efficiency=_ratio(defaults_pipeline.cpu_ms_per_image, server_cpu_ms, 3),
         batching_cpu_gain_c16=cpu_gain,
+        batching_ceiling_c16=ceiling,
+        batching_ceiling_free_inference_c16=ceiling_free,
         decode_mode=decode.configured_mode,
         largest_jpeg_cpu_ms=decode.largest_cpu_ms[decode.configured_mode],
         largest_jpeg_wall_ms=decode.largest_wall_ms[decode.configured_mode],
@@ -250,6 +270,16 @@ def cross_check(ratios: Ratios) -> list[Target]:
         f">= {MIN_BATCHING_SPEEDUP:g}",
         lambda value: value >= MIN_BATCHING_SPEEDUP,
         lambda body: "the speed-up batching can give when the CPU is the bottleneck",
+    )
+    checks += _per_body(
+        f"c={COMPARISON_CONCURRENCY} batching ceiling on this machine",
+        ratios.batching_ceiling_c16,
+        f">= {MIN_BATCHING_SPEEDUP:g}",
+        lambda value: value >= MIN_BATCHING_SPEEDUP,
+        lambda body: (
+            "unbatched server CPU ms/image with its batch-1 inference at the model's best batched CPU ms/image; "
+            f"if inference cost nothing: {ratios.batching_ceiling_free_inference_c16.get(body, float('nan'))}"
+        ),
     )
     return checks
 

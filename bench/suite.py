@@ -142,7 +142,7 @@ def run_suite(options: Options) -> BenchReport:
     del model
     gc.collect()
     ratios = compute_ratios(
-        decode, single_image, pipeline, batched_result, unbatched_result, [image.name for image in images]
+        decode, model_speed, single_image, pipeline, batched_result, unbatched_result, [image.name for image in images]
     )
     meta = _meta(options, providers, images, started_at, time.perf_counter() - started)
     meta["load_average_before"] = load_before
