@@ -54,6 +54,9 @@ class DecodeTiming:
     preprocess_ms: float
     total_ms: float
     cpu_ms: float
+    # Largest |probability difference| from the full decode over this size's images: what the mode costs in
+    # exactness (0 for "full"; the service's parity tolerance against the reference preprocessing is 1e-4).
+    max_probability_delta: float
 
 
 @dataclass(frozen=True)
@@ -214,6 +217,7 @@ def _per_size_timings(
             _, decode_ms, preprocess_ms = prepare(image.data, model, settings)
             cpu_ms = (time.thread_time() - cpu_started) * 1000.0
             samples.setdefault(image.size_label, []).append((decode_ms, preprocess_ms, cpu_ms))
+    deltas = _probability_deltas(images, model, settings) if settings.fast_jpeg_decode else {}
     timings = []
     for image in _one_per_size(images):
         rows = samples[image.size_label]
@@ -228,9 +232,22 @@ def _per_size_timings(
                 preprocess_ms=round(median([row[1] for row in rows]), 2),
                 total_ms=round(median([row[0] + row[1] for row in rows]), 2),
                 cpu_ms=round(median([row[2] for row in rows]), 2),
+                max_probability_delta=deltas.get(image.size_label, 0.0),
             )
         )
     return timings
+
+
+def _probability_deltas(images: Sequence[BenchImage], model: OnnxModel, settings: Settings) -> dict[str, float]:
+    """By size, the largest |p - p_full| over the images: `settings`' decode against a full decode."""
+    full = settings.model_copy(update={"fast_jpeg_decode": False})
+    deltas: dict[str, float] = {}
+    for image in images:
+        probabilities = model.run(prepare(image.data, model, settings)[0][np.newaxis])
+        reference = model.run(prepare(image.data, model, full)[0][np.newaxis])
+        delta = float(np.abs(probabilities - reference).max())
+        deltas[image.size_label] = max(delta, deltas.get(image.size_label, 0.0))
+    return deltas
 
 
 def _one_per_size(images: Sequence[BenchImage]) -> list[BenchImage]:

@@ -55,7 +55,17 @@ def render(report: BenchReport) -> str:
         ),
         table(
             "Decode + preprocess, one image at a time (one core), median",
-            ["size", "decode mode", "MP", "JPEG KB", "decode ms", "preprocess ms", "total ms", "CPU ms"],
+            [
+                "size",
+                "decode mode",
+                "MP",
+                "JPEG KB",
+                "decode ms",
+                "preprocess ms",
+                "total ms",
+                "CPU ms",
+                "max Δp vs full",
+            ],
             [
                 [
                     t.size,
@@ -66,6 +76,7 @@ def render(report: BenchReport) -> str:
                     t.preprocess_ms,
                     t.total_ms,
                     t.cpu_ms,
+                    f"{t.max_probability_delta:.1e}" if t.mode != "full" else "(reference)",
                 ]
                 for t in report.decode.per_size
             ],

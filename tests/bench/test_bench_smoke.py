@@ -38,6 +38,7 @@ def test_quick_benchmark_writes_every_section(served_model_path: Path, tmp_path:
     targets = {target["name"]: target for target in report["targets"]}
     assert targets["errors under load"]["value"] == 0, "the server answered every benchmark request"
     assert "end-to-end saturated ÷ in-process pipeline" in targets
+    assert report["ratios"]["draft_max_probability_delta"] > 0, "draft decoding must be compared with full decoding"
     ceilings = [check for check in report["cross_checks"] if check["name"].startswith("c=16 batching ceiling")]
     assert [check["name"] for check in ceilings] == [
         "c=16 batching ceiling on this machine (multipart)",
