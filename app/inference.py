@@ -29,6 +29,11 @@ class ProviderReport:
     active: list[str]
     cuda_fallback_reason: str | None
 
+    @property
+    def on_gpu(self) -> bool:
+        """Whether the first active provider (the one onnxruntime gives the graph to) is not the CPU's."""
+        return bool(self.active) and self.active[0] != CPU_PROVIDER
+
 
 class OnnxModel:
     """An onnxruntime session plus the model card read from the file it was built from."""

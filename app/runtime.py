@@ -15,7 +15,7 @@ import numpy as np
 import numpy.typing as npt
 
 from app.batching import InferenceResult, MicroBatcher
-from app.config import Settings
+from app.config import CPU_MAX_BATCH_SIZE, GPU_MAX_BATCH_SIZE, Settings
 from app.errors import DeadlineExceededError, ModelNotReadyError, OverloadedError, ServiceError
 from app.inference import OnnxModel
 from app.metrics import Metrics
@@ -40,6 +40,13 @@ def prepare_image(data: bytes, pre: Preprocessing, settings: Settings) -> tuple[
     return tensor, (decoded_at - started) * 1000.0, (finished - decoded_at) * 1000.0
 
 
+def max_batch_size(settings: Settings, *, on_gpu: bool) -> int:
+    """The micro-batch cap: the configured one, else the default for the device that runs the model."""
+    if settings.max_batch_size is not None:
+        return settings.max_batch_size
+    return GPU_MAX_BATCH_SIZE if on_gpu else CPU_MAX_BATCH_SIZE
+
+
 class Runtime:
     def __init__(
         self,
@@ -53,9 +60,10 @@ class Runtime:
         self.metrics = metrics or Metrics()
         self.started_at = time.monotonic()
         self._decode_pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
+        self.max_batch_size = max_batch_size(settings, on_gpu=model.providers.on_gpu)
         self._batcher = MicroBatcher(
             model.run,
-            max_batch_size=settings.max_batch_size,
+            max_batch_size=self.max_batch_size,
             timeout_ms=settings.batch_timeout_ms,
             max_queue_size=settings.max_queue_size,
             on_batch=self._observe_batch,
@@ -98,6 +106,14 @@ class Runtime:
     async def start(self) -> None:
         """Start the batcher and warm up in the background; ready once warm-up has finished."""
         self._batcher.start()
+        device = "GPU" if self.model.providers.on_gpu else "CPU"
+        logger.info(
+            "micro-batching: up to %d images per run (%s), batch timeout %g ms, admission limit %d images",
+            self.max_batch_size,
+            "configured" if self.settings.max_batch_size is not None else f"the {device} default",
+            self.settings.batch_timeout_ms,
+            self.settings.max_queue_size,
+        )
         self._warm_up_task = asyncio.create_task(self._warm_up(), name="warm-up")
 
     async def wait_ready(self) -> None:
@@ -113,7 +129,7 @@ class Runtime:
     async def _warm_up(self) -> None:
         started = time.perf_counter()
         # Warm the shapes real traffic will use: single images and full batches.
-        sizes = tuple(sorted({1, self.settings.max_batch_size}))
+        sizes = tuple(sorted({1, self.max_batch_size}))
         await asyncio.to_thread(self.model.warm_up, self.settings.warmup_runs, sizes)
         self._ready.set()
         logger.info(

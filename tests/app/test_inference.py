@@ -13,9 +13,9 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 
-from app.config import CPU_PROVIDER, CUDA_PROVIDER, Settings
+from app.config import CPU_PROVIDER, CUDA_PROVIDER, TENSORRT_PROVIDER, Settings
 from app.errors import ModelLoadError
-from app.inference import CPU_FALLBACK_WARNING, UNTRAINED_WARNING, load_model, session_options
+from app.inference import CPU_FALLBACK_WARNING, UNTRAINED_WARNING, ProviderReport, load_model, session_options
 from model.labels import imagenet_labels
 from model.metadata import BVLC_PREPROCESSING, ModelCard
 
@@ -175,3 +175,17 @@ def test_default_threads_split_the_cores_between_inference_and_decoding() -> Non
     assert settings.intra_op_threads == max(1, cores // 2)
     assert settings.decode_threads == cores
     assert settings.intra_op_spinning is False
+
+
+@pytest.mark.parametrize(
+    ("active", "on_gpu"),
+    [
+        ([CUDA_PROVIDER, CPU_PROVIDER], True),
+        ([TENSORRT_PROVIDER, CUDA_PROVIDER, CPU_PROVIDER], True),
+        ([CPU_PROVIDER], False),
+        ([], False),
+    ],
+)
+def test_provider_report_says_whether_a_gpu_runs_the_model(active: list[str], on_gpu: bool) -> None:
+    report = ProviderReport(requested=[CUDA_PROVIDER, CPU_PROVIDER], active=active, cuda_fallback_reason=None)
+    assert report.on_gpu is on_gpu
