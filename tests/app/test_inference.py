@@ -177,6 +177,13 @@ def test_default_threads_split_the_cores_between_inference_and_decoding() -> Non
     assert settings.intra_op_spinning is False
 
 
+def test_draft_decoding_gives_inference_every_core_unless_told_otherwise() -> None:
+    cores = os.cpu_count() or 1
+    assert Settings(fast_jpeg_decode=True).intra_op_threads == cores
+    assert Settings(fast_jpeg_decode=True, intra_op_threads=1).intra_op_threads == 1
+    assert Settings(fast_jpeg_decode=False).intra_op_threads == max(1, cores // 2)
+
+
 @pytest.mark.parametrize(
     ("active", "on_gpu"),
     [
