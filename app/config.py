@@ -15,8 +15,9 @@ TENSORRT_PROVIDER = "TensorrtExecutionProvider"
 CPU_PROVIDER = "CPUExecutionProvider"
 MAX_TOP_K = 1000
 DEFAULT_TOP_K = 5
-# Micro-batch caps when ALEXNET_MAX_BATCH_SIZE is unset. On CPU a batch of 8-32 costs ~0.6x per image what one
-# image does, so bigger batches only add latency; a GPU runs 64 AlexNet images in little more time than one.
+# Micro-batch caps when ALEXNET_MAX_BATCH_SIZE is unset. On CPU the per-image cost stops falling near batch 8-16
+# (0.67x of batch 1 at 8, 0.63x at 32), so larger batches only add latency. A GPU's cost per batch grows far
+# slower than the batch (not yet measured here: bench/gpu_check.sh times batch 1/8/64/256).
 CPU_MAX_BATCH_SIZE = 16
 GPU_MAX_BATCH_SIZE = 64
 
