@@ -280,7 +280,7 @@ def cross_check(ratios: Ratios) -> list[Target]:
         lambda body: "the speed-up batching can give when the CPU is the bottleneck",
     )
     checks += _per_body(
-        f"c={COMPARISON_CONCURRENCY} batching ceiling on this machine",
+        f"c={COMPARISON_CONCURRENCY} batching ceiling, Amdahl estimate",
         ratios.batching_ceiling_c16,
         f">= {MIN_BATCHING_SPEEDUP:g}",
         lambda value: value >= MIN_BATCHING_SPEEDUP,

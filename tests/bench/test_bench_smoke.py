@@ -41,8 +41,8 @@ def test_quick_benchmark_writes_every_section(served_model_path: Path, tmp_path:
     assert report["ratios"]["draft_max_probability_delta"] > 0, "draft decoding must be compared with full decoding"
     ceilings = [check for check in report["cross_checks"] if check["name"].startswith("c=16 batching ceiling")]
     assert [check["name"] for check in ceilings] == [
-        "c=16 batching ceiling on this machine (multipart)",
-        "c=16 batching ceiling on this machine (raw)",
+        "c=16 batching ceiling, Amdahl estimate (multipart)",
+        "c=16 batching ceiling, Amdahl estimate (raw)",
     ]
     assert output.with_suffix(".md").read_text().startswith("## alexnet-serve benchmark")
     assert "images/s" in result.stdout
