@@ -29,8 +29,8 @@ def _default_decode_threads() -> int:
 def _default_intra_op_threads(fields: dict[str, Any]) -> int:
     cores = os.cpu_count() or 1
     if fields.get("fast_jpeg_decode"):
-        # Draft decoding is cheap enough that inference dominates: all cores measured 44.8 against
-        # 36.8 images/s with half of them (docs/performance.md, Threads).
+        # Draft decoding is cheap enough that inference dominates: all cores measured 44.8 against 36.8
+        # images/s with half of them (docs/performance.md, Threads). Measured on 2 cores only.
         return cores
     # Half the cores for inference leaves the rest to full decoding, which runs at the same time: on 2 cores
     # this measured ~40% more images/s than onnxruntime's default of all cores (README, Performance).

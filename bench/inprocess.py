@@ -55,8 +55,8 @@ class DecodeTiming:
     total_ms: float
     cpu_ms: float
     # Largest |probability difference| from the full decode over this size's images: what the mode costs in
-    # exactness (0 for "full"; the service's parity tolerance against the reference preprocessing is 1e-4).
-    max_probability_delta: float
+    # exactness (None for "full", the reference; the service's parity tolerance is 1e-4).
+    max_probability_delta: float | None
 
 
 @dataclass(frozen=True)
@@ -74,9 +74,10 @@ class DecodeResult:
     configured_mode: str
     per_size: list[DecodeTiming]
     throughput: list[DecodeThroughput]
-    # By mode: the largest image's median thread CPU and wall ms.
+    # By mode: the largest image's median thread CPU and wall ms, and (draft only) its max |Δp| vs full.
     largest_cpu_ms: dict[str, float]
     largest_wall_ms: dict[str, float]
+    largest_probability_delta: dict[str, float]
 
 
 @dataclass(frozen=True)
@@ -202,6 +203,11 @@ def measure_decode(
         throughput=throughput,
         largest_cpu_ms={mode: timing.cpu_ms for mode, timing in largest.items()},
         largest_wall_ms={mode: timing.total_ms for mode, timing in largest.items()},
+        largest_probability_delta={
+            mode: timing.max_probability_delta
+            for mode, timing in largest.items()
+            if timing.max_probability_delta is not None
+        },
     )
 
 
@@ -232,7 +238,7 @@ def _per_size_timings(
                 preprocess_ms=round(median([row[1] for row in rows]), 2),
                 total_ms=round(median([row[0] + row[1] for row in rows]), 2),
                 cpu_ms=round(median([row[2] for row in rows]), 2),
-                max_probability_delta=deltas.get(image.size_label, 0.0),
+                max_probability_delta=deltas.get(image.size_label),
             )
         )
     return timings
@@ -344,6 +350,7 @@ def measure_pipeline(
     seconds: float,
 ) -> PipelineThroughput:
     """The server's Runtime (decode pool + micro-batcher + postprocessing) fed by `concurrency` callers."""
+    # model_copy does not re-run default factories: an override of fast_jpeg_decode keeps base's thread counts.
     settings = base.model_copy(update=setting.overrides)
     model = model_for(settings)
     return asyncio.run(_drive_runtime(Runtime(settings, model), images, setting, concurrency, warmup_seconds, seconds))

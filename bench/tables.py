@@ -76,7 +76,7 @@ def render(report: BenchReport) -> str:
                     t.preprocess_ms,
                     t.total_ms,
                     t.cpu_ms,
-                    f"{t.max_probability_delta:.1e}" if t.mode != "full" else "(reference)",
+                    "(reference)" if t.max_probability_delta is None else f"{t.max_probability_delta:.1e}",
                 ]
                 for t in report.decode.per_size
             ],

@@ -246,6 +246,26 @@ def test_decode_image_applies_exif_orientation(orientation: int, size: tuple[int
         assert _is_close(pixel, expected), f"{name} corner is {pixel}, expected about {expected}"
 
 
+@pytest.mark.parametrize(
+    ("image_format", "mode", "params"),
+    [("PNG", "P", {}), ("PNG", "RGBA", {}), ("WEBP", "RGB", {"lossless": True})],
+)
+def test_exif_orientation_applies_beyond_jpeg(image_format: str, mode: str, params: dict[str, object]) -> None:
+    """The in-place transpose swaps Pillow's pixel store directly: check it on non-JPEG decoders and modes too."""
+    stored = Image.new("RGB", (80, 40), BLUE)
+    stored.paste(RED, (0, 0, 20, 20))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown turned clockwise
+    data = encode(stored.convert(mode), image_format, exif=exif, **params)
+
+    image = decode_image(data, max_pixels=MAX_PIXELS).image
+
+    assert (image.mode, image.size) == ("RGB", (40, 80))
+    assert image.getpixel((34, 5)) == RED
+    assert image.getpixel((5, 5)) == BLUE
+    assert image.getpixel((34, 74)) == BLUE
+
+
 @pytest.mark.parametrize("orientation", [None, 1])
 def test_decode_image_makes_no_copy_of_an_upright_image(
     orientation: int | None, monkeypatch: pytest.MonkeyPatch

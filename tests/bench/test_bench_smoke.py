@@ -38,7 +38,10 @@ def test_quick_benchmark_writes_every_section(served_model_path: Path, tmp_path:
     targets = {target["name"]: target for target in report["targets"]}
     assert targets["errors under load"]["value"] == 0, "the server answered every benchmark request"
     assert "end-to-end saturated ÷ in-process pipeline" in targets
-    assert report["ratios"]["draft_max_probability_delta"] > 0, "draft decoding must be compared with full decoding"
+    assert report["ratios"]["largest_jpeg_draft_probability_delta"] > 0, "draft decoding must be compared with full"
+    full_rows = [row for row in report["decode"]["per_size"] if row["mode"] == "full"]
+    assert full_rows, "the full-decode rows are the reference"
+    assert all(row["max_probability_delta"] is None for row in full_rows)
     ceilings = [check for check in report["cross_checks"] if check["name"].startswith("c=16 batching ceiling")]
     assert [check["name"] for check in ceilings] == [
         "c=16 batching ceiling, Amdahl estimate (multipart)",
