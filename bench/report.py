@@ -60,8 +60,8 @@ class Ratios:
     # CPU per image instead of images per second: what the ratios would be on an otherwise idle, CPU-bound box.
     end_to_end_cpu_efficiency: float
     batching_cpu_gain_c16: dict[str, float]
-    # Amdahl bounds for batching_speedup_c16, per body kind, from the unbatched server's CPU per image: with its
-    # batch-1 inference replaced by the model's best batched cost, and by nothing at all.
+    # Amdahl estimates of the ceiling for batching_speedup_c16, per body kind, from the unbatched server's CPU
+    # per image: with its batch-1 inference replaced by the model's best batched cost, and by nothing at all.
     batching_ceiling_c16: dict[str, float]
     batching_ceiling_free_inference_c16: dict[str, float]
     # The largest JPEG's decode+preprocess in the server's decode mode, and in the other mode for comparison.
@@ -109,8 +109,8 @@ def _finite(value: Any) -> Any:
 
 
 def batching_ceiling(unbatched_cpu_ms: float, batch1_cpu_ms: float, batched_cpu_ms: float) -> float:
-    """The most batching can speed up a CPU-bound server: only the inference share of each image's CPU time
-    shrinks (from `batch1_cpu_ms` to `batched_cpu_ms`); decoding, HTTP and JSON cost what they cost."""
+    """About the most batching can speed up a CPU-bound server: only the inference share of each image's CPU
+    time shrinks (from `batch1_cpu_ms` to `batched_cpu_ms`); decoding, HTTP and JSON cost what they cost."""
     return _ratio(unbatched_cpu_ms, unbatched_cpu_ms - batch1_cpu_ms + batched_cpu_ms, 2)
 
 
