@@ -17,17 +17,9 @@ from torch.nn import functional
 
 from model.architecture import LRN_ALPHA, LRN_BETA, LRN_BIAS, LRN_SIZE, AlexNetWeights
 
-# state_dict key prefix of each layer in torchvision's AlexNet.
-TORCHVISION_KEYS = {
-    "conv1": "features.0",
-    "conv2": "features.3",
-    "conv3": "features.6",
-    "conv4": "features.8",
-    "conv5": "features.10",
-    "fc6": "classifier.1",
-    "fc7": "classifier.4",
-    "fc8": "classifier.6",
-}
+# The importer's key map, checked here rather than restated: `load_state_dict` is strict and every layer's
+# shape differs, so a wrong or swapped key fails `torchvision_module`.
+from model.torchvision_ckpt import TORCHVISION_KEYS
 
 
 class TorchvisionAlexNet(nn.Module):
