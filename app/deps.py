@@ -14,7 +14,8 @@ from app.runtime import Runtime
 RUNTIME_STATE_KEY = "runtime"
 
 
-def get_runtime(request: Request) -> Runtime:
+# Dependencies are `async def` though they never await: FastAPI runs sync ones on a thread per request.
+async def get_runtime(request: Request) -> Runtime:
     runtime = getattr(request.state, RUNTIME_STATE_KEY, None)
     if not isinstance(runtime, Runtime):
         raise RuntimeError("the app's lifespan did not run; start it with `with TestClient(app)` or uvicorn")
@@ -26,7 +27,7 @@ RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 _bearer = HTTPBearer(auto_error=False, description="Required only when ALEXNET_API_KEY is set")
 
 
-def require_api_key(
+async def require_api_key(
     runtime: RuntimeDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 ) -> None:
     expected = runtime.settings.api_key
