@@ -7,16 +7,20 @@ buffering the body, and close the connection instead of reading (and discarding)
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import httpx
 import pytest
 
 from tests.app.live_server import LiveServer
-from tests.reliability.server_support import AUTH_HEADERS, MIB, assert_healthy, resident_bytes
+from tests.reliability.server_support import (
+    AUTH_HEADERS,
+    MIB,
+    PeakMemory,
+    assert_healthy,
+    sampled_peak_memory,
+)
 
 pytestmark = pytest.mark.slow
 logger = logging.getLogger(__name__)
@@ -27,6 +31,7 @@ DEFAULT_MAX_BODY_BYTES = 20 * MIB
 MAX_RSS_GROWTH_BYTES = 50 * MIB
 # What may be in flight when the server stops reading: socket buffers and the chunks in the client's hands.
 STOP_EARLY_SLACK_BYTES = 32 * MIB
+# Often: the 413 comes within milliseconds, and any buffering would show only briefly.
 RSS_SAMPLE_INTERVAL_S = 0.005
 BOUNDARY = "reliability-boundary"
 # The body starts like a JPEG, so nothing but its size can be held against it.
@@ -51,37 +56,6 @@ class CountingBody:
     def _count(self, chunk: bytes) -> bytes:
         self.sent += len(chunk)
         return chunk
-
-
-@dataclass
-class PeakMemory:
-    before: int
-    peak: int = 0
-
-    @property
-    def growth(self) -> int:
-        return self.peak - self.before
-
-
-@contextmanager
-def sampled_peak_memory(pid: int) -> Iterator[PeakMemory]:
-    """Polls the server's resident memory while the block runs; `peak` is the largest value seen."""
-    memory = PeakMemory(before=resident_bytes(pid))
-    memory.peak = memory.before
-    done = threading.Event()
-
-    def sample() -> None:
-        while not done.wait(RSS_SAMPLE_INTERVAL_S):
-            memory.peak = max(memory.peak, resident_bytes(pid))
-
-    sampler = threading.Thread(target=sample, name="rss-sampler", daemon=True)
-    sampler.start()
-    try:
-        yield memory
-    finally:
-        done.set()
-        sampler.join()
-        memory.peak = max(memory.peak, resident_bytes(pid))
 
 
 def _raw_chunked() -> tuple[CountingBody, dict[str, str]]:
@@ -122,7 +96,8 @@ class RefusedUpload:
 def refused_upload(request: pytest.FixtureRequest, shared_server: LiveServer) -> RefusedUpload:
     """One 1 GiB upload, as the parameter says, with what the client sent and what the server's memory did."""
     body, headers = UPLOADS[request.param]()
-    with httpx.Client(timeout=120) as client, sampled_peak_memory(shared_server.process.pid) as memory:
+    pid = shared_server.process.pid
+    with httpx.Client(timeout=120) as client, sampled_peak_memory(pid, RSS_SAMPLE_INTERVAL_S) as memory:
         response = client.post(f"{shared_server.url}/v1/predict", content=body, headers=AUTH_HEADERS | headers)
     logger.info(
         "1 GiB upload (%s): %d, client sent %.1f MiB, server RSS %.1f -> peak %.1f MiB (%+.1f MiB)",
