@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import os
 from functools import cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from app.cpus import usable_cpus
 
 CUDA_PROVIDER = "CUDAExecutionProvider"
 TENSORRT_PROVIDER = "TensorrtExecutionProvider"
@@ -23,11 +24,12 @@ GPU_MAX_BATCH_SIZE = 64
 
 
 def _default_decode_threads() -> int:
-    return max(1, os.cpu_count() or 1)
+    # Every thread default counts the CPUs this process may use (affinity, cgroup quota), not the host's.
+    return usable_cpus()
 
 
 def _default_intra_op_threads(fields: dict[str, Any]) -> int:
-    cores = os.cpu_count() or 1
+    cores = usable_cpus()
     if fields.get("fast_jpeg_decode"):
         # Draft decoding is cheap enough that inference dominates: all cores measured 44.8 against 36.8
         # images/s with half of them (docs/performance.md, Threads). Measured on 2 cores only.

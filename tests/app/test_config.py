@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
+import app.cpus
 from app.config import CPU_PROVIDER, CUDA_PROVIDER, Settings
 
 
@@ -82,3 +84,20 @@ def test_out_of_range_values_are_refused(monkeypatch: pytest.MonkeyPatch, name: 
     monkeypatch.setenv(name, value)
     with pytest.raises(ValidationError):
         Settings()
+
+
+def test_thread_defaults_follow_a_two_cpu_cgroup_quota_not_the_hosts_cpus(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """`docker run --cpus 2` on a 64-CPU host: cgroup v2 `cpu.max` says 2 CPUs; the affinity mask says 64."""
+    (tmp_path / "cpu.max").write_text("200000 100000\n")
+    (tmp_path / "cgroup").write_text("0::/\n")
+    monkeypatch.setattr(app.cpus, "CGROUP_MOUNT", tmp_path)
+    monkeypatch.setattr(app.cpus, "PROC_SELF_CGROUP", tmp_path / "cgroup")
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _: set(range(64)))
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+
+    settings = Settings()
+
+    assert settings.decode_threads == 2
+    assert settings.intra_op_threads == 1

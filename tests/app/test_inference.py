@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +12,9 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 
+import app.config
 from app.config import CPU_PROVIDER, CUDA_PROVIDER, TENSORRT_PROVIDER, Settings
+from app.cpus import usable_cpus
 from app.errors import ModelLoadError
 from app.inference import CPU_FALLBACK_WARNING, UNTRAINED_WARNING, ProviderReport, load_model, session_options
 from model.labels import imagenet_labels
@@ -170,7 +171,7 @@ def test_thread_settings_reach_the_session(spinning: bool, entry: str) -> None:
 
 
 def test_default_threads_split_the_cores_between_inference_and_decoding() -> None:
-    cores = os.cpu_count() or 1
+    cores = usable_cpus()
     settings = Settings()
     assert settings.intra_op_threads == max(1, cores // 2)
     assert settings.decode_threads == cores
@@ -178,7 +179,7 @@ def test_default_threads_split_the_cores_between_inference_and_decoding() -> Non
 
 
 def test_draft_decoding_gives_inference_every_core_unless_told_otherwise(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(os, "cpu_count", lambda: 4)  # on one core, half and all would both be 1
+    monkeypatch.setattr(app.config, "usable_cpus", lambda: 4)  # on one core, half and all would both be 1
     assert Settings(fast_jpeg_decode=True).intra_op_threads == 4
     assert Settings(fast_jpeg_decode=True, intra_op_threads=1).intra_op_threads == 1
     assert Settings(fast_jpeg_decode=False).intra_op_threads == 2
