@@ -4,6 +4,8 @@ A checkpoint is a pickle, and unpickling can call any importable function. The u
 resolves only the few globals a state dict of plain tensors needs, each to a local stand-in that
 builds numpy arrays; any other global (`os.system`, `builtins.eval`, a torch module class...) stops
 the load with an error that names it. Tensor bytes are read from the archive, never executed.
+Tensors are bounds-checked views of storages the file declares, so a crafted file cannot read past
+a buffer or change the reader (`RestrictedUnpickler`); tests/model/test_checkpoint_fuzz.py fuzzes this.
 
 Both of torch's formats are read: the zip archive (torch >= 1.6: `<name>/data.pkl` plus one
 `<name>/data/<key>` file per storage) and the older stream of pickles with the storages appended.
@@ -12,6 +14,7 @@ Both of torch's formats are read: the zip archive (torch >= 1.6: `<name>/data.pk
 from __future__ import annotations
 
 import math
+import os
 import pickle
 import struct
 import zipfile
@@ -19,7 +22,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeGuard, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -74,50 +77,72 @@ STORAGE_TYPES = {
 }
 
 
-def _rebuild_tensor(
-    storage: npt.NDArray[Any], offset: int, size: tuple[int, ...], stride: tuple[int, ...], *_: object
-) -> npt.NDArray[Any]:
-    """Stand-in for `torch._utils._rebuild_tensor_v2`: a bounds-checked strided view of the storage.
+# Below numpy's limit of 64; the tensors of a state dict have at most 4.
+MAX_TENSOR_DIMENSIONS = 32
 
-    A view rather than a copy because the legacy format fills storages in after the pickle.
+
+def _tensor_view(storage: npt.NDArray[Any], offset: object, size: object, stride: object) -> npt.NDArray[Any]:
+    """A read-only strided view of a 1-D storage, refused unless every element it covers lies inside it.
+
+    A view rather than a copy because the legacy format fills storages in after the pickle. It never has
+    more elements than its storage, so a few bytes of pickle cannot ask for gigabytes.
     """
-    if not isinstance(storage, np.ndarray):
-        raise WeightsFormatError("a tensor refers to something that is not a storage")
-    if offset < 0 or any(dim < 0 for dim in size) or any(step < 0 for step in stride) or len(size) != len(stride):
-        raise WeightsFormatError(f"a tensor has invalid geometry: offset {offset}, size {size}, stride {stride}")
-    if math.prod(size) == 0:
-        return np.zeros(size, dtype=storage.dtype)
-    last = offset + sum((dim - 1) * step for dim, step in zip(size, stride, strict=True))
+    if not (
+        _is_count(offset)
+        and isinstance(size, tuple)
+        and isinstance(stride, tuple)
+        and len(size) == len(stride) <= MAX_TENSOR_DIMENSIONS
+        and all(map(_is_count, (*size, *stride)))
+    ):
+        raise WeightsFormatError(
+            f"a tensor has invalid geometry: offset {offset!r:.40}, size {size!r:.80}, stride {stride!r:.80}"
+        )
+    dims: tuple[int, ...] = size
+    steps: tuple[int, ...] = stride
+    elements = math.prod(dims)
+    if elements > storage.size:
+        raise WeightsFormatError(f"a tensor of size {list(dims)} has more elements than its storage ({storage.size})")
+    if elements == 0:
+        return np.zeros(dims, dtype=storage.dtype)
+    last = offset + sum((dim - 1) * step for dim, step in zip(dims, steps, strict=True))
     if last >= storage.size:
-        raise WeightsFormatError(f"a tensor of size {list(size)} reaches past the end of its storage")
-    return np.lib.stride_tricks.as_strided(
-        storage[offset:], shape=size, strides=[step * storage.itemsize for step in stride], writeable=False
-    )
+        raise WeightsFormatError(f"a tensor of size {list(dims)} reaches past the end of its storage")
+    # A dimension of length 1 is never stepped along, so its stride (however large) does not matter.
+    strides = [step * storage.itemsize if dim > 1 else 0 for dim, step in zip(dims, steps, strict=True)]
+    return np.lib.stride_tricks.as_strided(storage[offset:], shape=dims, strides=strides, writeable=False)
 
 
-def _rebuild_parameter(data: npt.NDArray[Any], *_: object) -> npt.NDArray[Any]:
-    """Stand-in for `torch._utils._rebuild_parameter`: a Parameter is its data here."""
-    return data
+def _is_count(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
-ALLOWED_GLOBALS: Mapping[tuple[str, str], object] = {
-    ("collections", "OrderedDict"): OrderedDict,
-    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
-    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
-    **{("torch", name): storage_type for name, storage_type in STORAGE_TYPES.items()},
-}
+class RestrictedUnpickler(pickle._Unpickler):
+    """Resolves only the globals a state dict of tensors needs; storages come from `load_storage`.
 
-
-class RestrictedUnpickler(pickle.Unpickler):
-    """Resolves only `ALLOWED_GLOBALS`; storages come from `load_storage(key, storage type, numel)`."""
+    Memory safety rests on three rules. A tensor is rebuilt only from a storage this unpickler's
+    `persistent_load` returned (checked by identity), so it can never be a view of a view. Every object
+    handed out is new to this load, so a pickle cannot change the reader itself. `BUILD` (which sets
+    attributes or calls `__setstate__`, numpy's included) is refused except on a state dict this load made.
+    This is pickle's pure-Python unpickler: only that one lets a subclass replace an opcode.
+    """
 
     def __init__(self, stream: IO[bytes], load_storage: Callable[[str, StorageType, int], npt.NDArray[Any]]) -> None:
         super().__init__(stream)
         self._load_storage = load_storage
+        # By id, with the object itself so the id stays unique for the whole load.
+        self._storages: dict[int, npt.NDArray[Any]] = {}
+        self._tensors: dict[int, npt.NDArray[Any]] = {}
+        self._state_dicts: dict[int, OrderedDict[Any, Any]] = {}
+        self._globals: dict[tuple[str, str], object] = {
+            ("collections", "OrderedDict"): self._new_state_dict,
+            ("torch._utils", "_rebuild_tensor_v2"): self._rebuild_tensor,
+            ("torch._utils", "_rebuild_parameter"): self._rebuild_parameter,
+            **{("torch", name): StorageType(name, storage.dtype) for name, storage in STORAGE_TYPES.items()},
+        }
 
     def find_class(self, module: str, name: str) -> Any:
         try:
-            return ALLOWED_GLOBALS[(module, name)]
+            return self._globals[(module, name)]
         except KeyError:
             raise WeightsFormatError(
                 f"it refers to the forbidden global {module}.{name}; a weights file should hold only tensors, "
@@ -128,12 +153,46 @@ class RestrictedUnpickler(pickle.Unpickler):
         if not (isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage"):
             raise WeightsFormatError(f"unsupported persistent id {pid!r:.80}")
         storage_type, key, _location, numel = pid[1:5]
-        if not isinstance(storage_type, StorageType) or not isinstance(numel, int):
+        if not isinstance(storage_type, StorageType) or not _is_count(numel):
             raise WeightsFormatError(f"malformed storage reference {pid!r:.80}")
         view = pid[5] if len(pid) > 5 else None
         if view is not None:
             raise WeightsFormatError("storage views (from torch < 0.4) are not supported")
-        return self._load_storage(str(key), storage_type, numel)
+        storage = self._load_storage(str(key), storage_type, numel)
+        self._storages[id(storage)] = storage
+        return storage
+
+    def _new_state_dict(self) -> OrderedDict[Any, Any]:
+        """Stand-in for `collections.OrderedDict()`; torch fills it with SETITEMS."""
+        state: OrderedDict[Any, Any] = OrderedDict()
+        self._state_dicts[id(state)] = state
+        return state
+
+    def _rebuild_tensor(
+        self, storage: object, offset: object, size: object, stride: object, *_: object
+    ) -> npt.NDArray[Any]:
+        """Stand-in for `torch._utils._rebuild_tensor_v2`."""
+        if not isinstance(storage, np.ndarray) or self._storages.get(id(storage)) is not storage:
+            raise WeightsFormatError("a tensor refers to something that is not a storage of this file")
+        tensor = _tensor_view(storage, offset, size, stride)
+        self._tensors[id(tensor)] = tensor
+        return tensor
+
+    def _rebuild_parameter(self, data: object, *_: object) -> npt.NDArray[Any]:
+        """Stand-in for `torch._utils._rebuild_parameter`: a Parameter is its data here."""
+        if not isinstance(data, np.ndarray) or self._tensors.get(id(data)) is not data:
+            raise WeightsFormatError("a parameter refers to something that is not a tensor of this file")
+        return data
+
+    def _load_build(self) -> None:
+        stack: list[Any] = self.stack  # type: ignore[attr-defined]  # the pure-Python unpickler's operand stack
+        state, target = stack.pop(), stack[-1]
+        if self._state_dicts.get(id(target)) is not target or not isinstance(state, dict):
+            raise WeightsFormatError(f"it sets the state of a {type(target).__name__}, which a state dict never does")
+        # torch pickles a state dict's `_metadata` attribute; the weights do not need it.
+
+    # Every opcode as pickle defines it, except BUILD.
+    dispatch = {**pickle._Unpickler.dispatch, pickle.BUILD[0]: cast(Callable[[pickle.Unpickler], None], _load_build)}
 
 
 def read_torchvision_checkpoint(path: Path, spec: ArchitectureSpec = TORCHVISION_ALEXNET) -> AlexNetWeights:
@@ -195,10 +254,12 @@ def _load_zip(path: Path) -> object:
         def load_storage(key: str, storage_type: StorageType, numel: int) -> npt.NDArray[Any]:
             if key not in storages:
                 try:
-                    raw = archive.read(f"{prefix}data/{key}")
+                    member = archive.getinfo(f"{prefix}data/{key}")
                 except KeyError:
                     raise WeightsFormatError(f"storage {key} is missing from the archive") from None
-                storages[key] = _storage_from_bytes(raw, storage_type, numel, key)
+                # Checked before reading, so a compressed member cannot inflate to more than the pickle said.
+                _check_storage_size(member.file_size, storage_type, numel, key)
+                storages[key] = _storage_from_bytes(archive.read(member), storage_type, numel, key)
             return storages[key]
 
         with archive.open(pickles[0]) as stream:
@@ -221,10 +282,13 @@ def _load_legacy(stream: IO[bytes]) -> object:
         raise WeightsFormatError("big-endian checkpoints are not supported")
     declared: dict[str, tuple[StorageType, int]] = {}
     placeholders: dict[str, npt.NDArray[Any]] = {}
+    file_size = os.fstat(stream.fileno()).st_size
 
     def declare_storage(key: str, storage_type: StorageType, numel: int) -> npt.NDArray[Any]:
         # The bytes come after the pickle: hand out an array now, fill it in place below.
         if key not in placeholders:
+            if numel * storage_type.dtype.itemsize > file_size:
+                raise WeightsFormatError(f"storage {key} declares {numel} elements, more than the file holds")
             declared[key] = (storage_type, numel)
             placeholders[key] = np.empty(numel, dtype=storage_type.dtype)
         return placeholders[key]
@@ -244,11 +308,15 @@ def _load_legacy(stream: IO[bytes]) -> object:
 
 
 def _storage_from_bytes(raw: bytes, storage_type: StorageType, numel: int, key: str) -> npt.NDArray[Any]:
-    if len(raw) != numel * storage_type.dtype.itemsize:
-        raise WeightsFormatError(
-            f"storage {key} has {len(raw)} bytes, expected {numel} {storage_type.name} elements: file truncated?"
-        )
+    _check_storage_size(len(raw), storage_type, numel, key)
     return np.frombuffer(raw, dtype=storage_type.dtype).astype(storage_type.dtype.newbyteorder("="))
+
+
+def _check_storage_size(size: int, storage_type: StorageType, numel: int, key: str) -> None:
+    if size != numel * storage_type.dtype.itemsize:
+        raise WeightsFormatError(
+            f"storage {key} has {size} bytes, expected {numel} {storage_type.name} elements: file truncated?"
+        )
 
 
 def _read_exactly(stream: IO[bytes], size: int) -> bytes:

@@ -15,6 +15,7 @@ import pytest
 from starlette.exceptions import StarletteDeprecationWarning
 
 from model.export import ExportSummary, export_model
+from tests.fuzz_cases import FUZZ_CASES
 
 with warnings.catch_warnings():
     # Starlette 1.x asks for httpx2 under its TestClient; with plain httpx it warns once, at import. Import it
@@ -45,3 +46,10 @@ def served_model(tmp_path_factory: pytest.TempPathFactory) -> ExportSummary:
 @pytest.fixture(scope="session")
 def served_model_path(served_model: ExportSummary) -> Path:
     return served_model.output
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Say how many cases each fuzz suite ran, so CI output shows the fuzzing was not skipped or cut short."""
+    if FUZZ_CASES:
+        counts = ", ".join(f"{suite} {count}" for suite, count in sorted(FUZZ_CASES.items()))
+        terminalreporter.write_line(f"fuzz cases run: {counts}")

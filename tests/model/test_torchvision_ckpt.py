@@ -13,7 +13,7 @@ import torch
 
 from model.architecture import AlexNetWeights
 from model.errors import WeightsFormatError
-from model.torchvision_ckpt import _rebuild_tensor, read_torchvision_checkpoint
+from model.torchvision_ckpt import _tensor_view, read_torchvision_checkpoint
 from tests.model.torch_alexnet import TorchvisionAlexNet, torchvision_module
 
 
@@ -119,18 +119,18 @@ def test_not_a_checkpoint_is_rejected(tmp_path: Path) -> None:
 
 def test_tensor_reaching_past_its_storage_is_rejected() -> None:
     with pytest.raises(WeightsFormatError, match="past the end of its storage"):
-        _rebuild_tensor(np.zeros(6, np.float32), 1, (2, 3), (3, 1))
+        _tensor_view(np.zeros(6, np.float32), 1, (2, 3), (3, 1))
 
 
 def test_negative_strides_are_rejected() -> None:
     with pytest.raises(WeightsFormatError, match="invalid geometry"):
-        _rebuild_tensor(np.zeros(6, np.float32), 5, (6,), (-1,))
+        _tensor_view(np.zeros(6, np.float32), 5, (6,), (-1,))
 
 
 def test_strided_tensor_is_rebuilt_like_torch() -> None:
     storage = np.arange(12, dtype=np.float32)
     expected = torch.arange(12, dtype=torch.float32).as_strided((3, 2), (1, 4), 1).numpy()
-    np.testing.assert_array_equal(_rebuild_tensor(storage, 1, (3, 2), (1, 4)), expected)
+    np.testing.assert_array_equal(_tensor_view(storage, 1, (3, 2), (1, 4)), expected)
 
 
 def test_standard_pickle_of_plain_dict_without_tensors_is_not_a_state_dict(tmp_path: Path) -> None:
