@@ -19,7 +19,7 @@ from app.inference import OnnxModel, load_model
 from app.limits import BodySizeLimitMiddleware
 from app.metrics import Metrics
 from app.request_context import RequestContextMiddleware
-from app.routes import health, metrics, models, predict, v2, web
+from app.routes import explain, health, metrics, models, predict, v2, web
 from app.runtime import Runtime
 
 logger = logging.getLogger(__name__)
@@ -67,13 +67,21 @@ def create_app(
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST"],
             allow_headers=["Authorization", "Content-Type", "X-Request-ID", "Inference-Header-Content-Length"],
-            expose_headers=["X-Request-ID", "Server-Timing", "Retry-After", "Inference-Header-Content-Length"],
+            expose_headers=[
+                "X-Request-ID",
+                "Server-Timing",
+                "Retry-After",
+                "Inference-Header-Content-Length",
+                explain.TEXT_HEADER,
+                explain.REGION_HEADER,
+            ],
         )
     app.add_middleware(RequestContextMiddleware, metrics=app_metrics)
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(models.router)
     app.include_router(predict.router)
+    app.include_router(explain.router)
     app.include_router(metrics.router)
     app.include_router(v2.router)
     app.include_router(web.router)

@@ -55,6 +55,15 @@ class Metrics:
             "alexnet_batch_size", "Images per session.run", buckets=BATCH_SIZE_BUCKETS, registry=registry
         )
         self.images = Counter("alexnet_images_total", "Images classified, by outcome", ("outcome",), registry=registry)
+        self.explanations = Counter(
+            "alexnet_explanations_total", "Occlusion explanations, by outcome", ("outcome",), registry=registry
+        )
+        self.explain_seconds = Histogram(
+            "alexnet_explanation_duration_seconds",
+            "Time to explain one image: decode, every occluded copy's inference, and the overlay if asked for",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
         self.in_flight = Gauge("alexnet_in_flight_requests", "HTTP requests being served", registry=registry)
         self.queue_depth = Gauge("alexnet_queue_depth", "Images waiting for an inference batch", registry=registry)
         self.ready = Gauge("alexnet_ready", "1 when the model is warmed up and serving", registry=registry)

@@ -15,13 +15,28 @@ import numpy as np
 import numpy.typing as npt
 
 from app.batching import InferenceResult, MicroBatcher
-from app.config import CPU_MAX_BATCH_SIZE, GPU_MAX_BATCH_SIZE, Settings
-from app.errors import DeadlineExceededError, ModelNotReadyError, OverloadedError, ServiceError
+from app.config import CPU_MAX_BATCH_SIZE, DEFAULT_TOP_K, GPU_MAX_BATCH_SIZE, Settings
+from app.errors import (
+    DeadlineExceededError,
+    InvalidParameterError,
+    ModelNotReadyError,
+    OverloadedError,
+    ServiceError,
+)
+from app.explain import (
+    Baseline,
+    Explained,
+    baseline_fill,
+    explanation_response,
+    image_as_seen,
+    occluded_variants,
+    render_overlay,
+)
 from app.inference import OnnxModel
 from app.metrics import Metrics
 from app.postprocessing import TOP5, ranked
 from app.preprocessing import decode_image, preprocess
-from app.schemas import ClassScore, ModelSummary, PredictResponse, TimingMs
+from app.schemas import ClassScore, ExplainResponse, ExplainTimingMs, ModelSummary, PredictResponse, TimingMs
 from model.metadata import Preprocessing
 
 logger = logging.getLogger(__name__)
@@ -177,6 +192,29 @@ class Runtime:
             results = await self._within_deadline(asyncio.gather(*(self._batcher.infer(row) for row in batch)))
         return np.stack([result.probabilities for result in results])
 
+    async def explain(
+        self, data: bytes, *, target: int | None, grid: int, baseline: Baseline, overlay: bool
+    ) -> Explained:
+        """Occlusion sensitivity for one image: it and its grid² occluded copies are one request's batch rows."""
+        self.ensure_ready()
+        rows = 1 + grid * grid
+        if rows > self.settings.max_queue_size:
+            raise InvalidParameterError(
+                f"grid {grid} needs {rows} images in flight, over this server's limit of "
+                f"{self.settings.max_queue_size}; use a smaller grid"
+            )
+        started = time.perf_counter()
+        try:
+            # Every row counts against admission, so explanations cannot bypass overload protection.
+            with self._admitted_images(rows):
+                explained = await self._within_deadline(self._explain(data, target, grid, baseline, overlay))
+        except ServiceError as error:
+            self.metrics.explanations.labels(error.code).inc()
+            raise
+        self.metrics.explanations.labels("ok").inc()
+        self.metrics.explain_seconds.observe(time.perf_counter() - started)
+        return explained
+
     @contextlib.contextmanager
     def _admitted_images(self, count: int) -> Iterator[None]:
         """Admission control: bound the images in flight (decoding, queued, running) and shed the rest at once."""
@@ -209,6 +247,60 @@ class Runtime:
         result = await self._batcher.infer(tensor)
         total_ms = (time.perf_counter() - started) * 1000.0
         return self._response(top_k, decode_ms, preprocess_ms, result, total_ms)
+
+    async def _explain(
+        self, data: bytes, target: int | None, grid: int, baseline: Baseline, overlay: bool
+    ) -> Explained:
+        started = time.perf_counter()
+        loop = asyncio.get_running_loop()
+        # Decoded once; the occluded copies are made from the preprocessed tensor.
+        tensor, decode_ms, preprocess_ms = await self._prepare_off_loop(data)
+        pre = self.model.card.preprocessing
+        occlusion_started = time.perf_counter()
+        fill = baseline_fill(baseline, pre)
+        variants = await loop.run_in_executor(self._decode_pool, occluded_variants, tensor, grid, fill)
+        inference_started = time.perf_counter()
+        results = await asyncio.gather(*(self._batcher.infer(row) for row in (tensor, *variants)))
+        inferred = time.perf_counter()
+        prediction = self._response(DEFAULT_TOP_K, decode_ms, preprocess_ms, results[0], (inferred - started) * 1000.0)
+        original = results[0].probabilities
+        response = explanation_response(
+            prediction,
+            original,
+            np.stack([result.probabilities for result in results[1:]]),
+            target=prediction.top1.index if target is None else target,
+            grid=grid,
+            baseline=baseline,
+            labels=self.model.card.labels,
+            input_size=pre.input_size,
+            timing=ExplainTimingMs(
+                decode=round(decode_ms, 3),
+                preprocess=round(preprocess_ms, 3),
+                occlusion=round((inference_started - occlusion_started) * 1000.0, 3),
+                inference=round((inferred - inference_started) * 1000.0, 3),
+                render=0.0,
+                total=round((inferred - started) * 1000.0, 3),
+                rows=len(results),
+            ),
+        )
+        if not overlay:
+            return Explained(response=response, overlay_png=None)
+        png = await loop.run_in_executor(self._decode_pool, self._overlay_png, tensor, response)
+        finished = time.perf_counter()
+        timing = response.timing_ms.model_copy(
+            update={
+                "render": round((finished - inferred) * 1000.0, 3),
+                "total": round((finished - started) * 1000.0, 3),
+            }
+        )
+        return Explained(response=response.model_copy(update={"timing_ms": timing}), overlay_png=png)
+
+    def _overlay_png(self, tensor: npt.NDArray[np.float32], response: ExplainResponse) -> bytes:
+        image = image_as_seen(tensor, self.model.card.preprocessing)
+        scores = np.asarray(response.scores, dtype=np.float32)
+        return render_overlay(
+            image, scores, label=response.target.label, text=response.text, warnings=response.warnings
+        )
 
     async def _prepare_off_loop(self, data: bytes) -> tuple[npt.NDArray[np.float32], float, float]:
         return await asyncio.get_running_loop().run_in_executor(self._decode_pool, self._prepare, data)

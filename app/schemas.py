@@ -213,3 +213,70 @@ class ModelInfoResponse(BaseModel):
     num_labels: int
     providers: list[str]
     warnings: list[str]
+
+
+class ExplanationMethod(BaseModel):
+    name: Literal["occlusion"] = Field(description="Occlusion sensitivity: hide one cell at a time, re-run the model")
+    grid: int = Field(description="Cells per side; grid² occluded copies of the image were run")
+    baseline: Literal["mean", "black"] = Field(description="What replaced a hidden cell")
+    input_size: int = Field(description="Side of the square crop the model saw, in pixels")
+    normalisation: str = Field(description="How `scores` were scaled from the probability drops")
+
+
+class ExplainTimingMs(BaseModel):
+    decode: float
+    preprocess: float
+    occlusion: float = Field(description="Building the occluded copies from the preprocessed image")
+    inference: float = Field(description="From queueing the first row to the last row's result (every batch)")
+    render: float = Field(description="Drawing the overlay PNG; 0 for a JSON answer")
+    total: float
+    rows: int = Field(description="Images run through the model: the original plus grid² occluded copies")
+
+
+class ExplainResponse(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "prediction": {"top1": _TABBY, "...": "as in PredictResponse"},
+                "target": _TABBY,
+                "method": {
+                    "name": "occlusion",
+                    "grid": 2,
+                    "baseline": "mean",
+                    "input_size": 227,
+                    "normalisation": "drop / max(|drop|): 1 = the cell whose occlusion lowers the target's "
+                    "probability most",
+                },
+                "scores": [[0.12, 1.0], [-0.05, 0.31]],
+                "max_abs_drop": 0.42,
+                "region": "top-right",
+                "text": "The top-right of the image matters most for 'tabby, tabby cat': hiding it (row 1, "
+                "column 2 of 2) lowers its probability by 42.0 points.",
+                "timing_ms": {
+                    "decode": 3.1,
+                    "preprocess": 1.2,
+                    "occlusion": 0.4,
+                    "inference": 80.0,
+                    "render": 0.0,
+                    "total": 85.0,
+                    "rows": 5,
+                },
+                "warnings": [],
+            }
+        }
+    )
+
+    prediction: PredictResponse = Field(description="The unoccluded image's prediction, as /v1/predict gives it")
+    target: ClassScore = Field(description="The class explained, with its probability on the unoccluded image")
+    method: ExplanationMethod
+    scores: list[list[float]] = Field(
+        description="grid×grid scores, top row first: the target's probability drop when that cell is hidden, "
+        "divided by the largest absolute drop (so in [-1, 1]; negative: hiding the cell raised it)"
+    )
+    max_abs_drop: float = Field(description="The largest absolute drop; raw drops are scores × this")
+    region: str | None = Field(
+        description="Where the highest-scoring cell lies (e.g. centre-left); null when no cell lowers the probability"
+    )
+    text: str = Field(description="A sentence naming the most important region: the heatmap's text alternative")
+    timing_ms: ExplainTimingMs
+    warnings: list[str] = Field(description="As for predictions (untrained model); they apply to the explanation too")

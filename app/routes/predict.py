@@ -18,7 +18,7 @@ router = APIRouter(prefix="/v1", tags=["predict"], dependencies=[Depends(require
 
 TopK = Annotated[int, Query(ge=1, le=MAX_TOP_K, description="How many classes to return in `predictions`")]
 
-_ERRORS: dict[int | str, dict[str, Any]] = {
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse, "description": description}
     for status, description in {
         400: "Undecodable or corrupt image, or empty body",
@@ -33,7 +33,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 _BINARY = {"type": "string", "format": "binary"}
-_SINGLE_BODY = {
+SINGLE_IMAGE_BODY = {
     "requestBody": {
         "required": True,
         "description": f"The image as multipart field `{SINGLE_FIELD}`, or as the raw body",
@@ -67,7 +67,7 @@ _BATCH_BODY = {
 }
 
 
-@router.post("/predict", response_model=PredictResponse, responses=_ERRORS, openapi_extra=_SINGLE_BODY)
+@router.post("/predict", response_model=PredictResponse, responses=ERROR_RESPONSES, openapi_extra=SINGLE_IMAGE_BODY)
 async def predict_image(
     request: Request, response: Response, runtime: RuntimeDep, top_k: TopK = DEFAULT_TOP_K
 ) -> PredictResponse:
@@ -94,7 +94,9 @@ def server_timing(result: PredictResponse) -> str:
     return ", ".join(parts)
 
 
-@router.post("/predict/batch", response_model=BatchPredictResponse, responses=_ERRORS, openapi_extra=_BATCH_BODY)
+@router.post(
+    "/predict/batch", response_model=BatchPredictResponse, responses=ERROR_RESPONSES, openapi_extra=_BATCH_BODY
+)
 async def predict_batch(request: Request, runtime: RuntimeDep, top_k: TopK = DEFAULT_TOP_K) -> BatchPredictResponse:
     """Classify several images; one result per image in upload order, a bad image fails only its slot."""
     runtime.ensure_ready()
