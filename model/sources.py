@@ -26,21 +26,18 @@ RANDOM_SOURCE_URL = "seeded:numpy.random.default_rng"
 
 @dataclass(frozen=True)
 class WeightsFile:
-    """A published weights file and the digest that identifies the official release."""
+    """A published weights file and the full digest that identifies the official release."""
 
     filename: str
     url: str
     hash_algorithm: HashAlgorithm
-    # torchvision pins only a prefix of the SHA-256 (it is in the file name); a full digest otherwise.
-    digest_prefix: str
+    digest: str
 
     def matches(self, hexdigest: str) -> bool:
-        return hexdigest.startswith(self.digest_prefix)
+        return hexdigest == self.digest
 
     def describe_digest(self) -> str:
-        kind = "SHA-1" if self.hash_algorithm == "sha1" else "SHA-256"
-        full = len(self.digest_prefix) == (40 if self.hash_algorithm == "sha1" else 64)
-        return f"{kind} {self.digest_prefix}" if full else f"{kind} starting {self.digest_prefix}"
+        return f"{'SHA-1' if self.hash_algorithm == 'sha1' else 'SHA-256'} {self.digest}"
 
 
 @dataclass(frozen=True)
@@ -57,13 +54,15 @@ BVLC_FILE = WeightsFile(
     filename="bvlc_alexnet.caffemodel",
     url="http://dl.caffe.berkeleyvision.org/bvlc_alexnet.caffemodel",
     hash_algorithm="sha1",
-    digest_prefix="9116a64c0fbe4459d18f4bb6b56d647b63920377",
+    digest="9116a64c0fbe4459d18f4bb6b56d647b63920377",
 )
 TORCHVISION_FILE = WeightsFile(
     filename="alexnet-owt-7be5be79.pth",
     url="https://download.pytorch.org/models/alexnet-owt-7be5be79.pth",
     hash_algorithm="sha256",
-    digest_prefix="7be5be79",
+    # torchvision itself checks only the 8-hex prefix in the file name, which a crafted file can be made to
+    # match; the full digest comes from independent public records of this file (docs/model.md).
+    digest="7be5be791159472b1fbf3c69796f7cb30dca7ad8466c2df70058c37116cdee02",
 )
 
 SOURCES: Mapping[WeightsSource, SourceSpec] = {

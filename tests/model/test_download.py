@@ -15,6 +15,9 @@ from model.download import fetch_weights
 from model.errors import WeightsHashError, WeightsUnavailableError
 from model.sources import BVLC_FILE, TORCHVISION_FILE, WeightsFile
 
+# Independent public records of download.pytorch.org's file (docs/model.md, Pinned digests).
+TORCHVISION_SHA256 = "7be5be791159472b1fbf3c69796f7cb30dca7ad8466c2df70058c37116cdee02"
+
 CONTENT = b"weights " * 100_000
 
 
@@ -92,10 +95,11 @@ def test_unreachable_host_says_which_file_to_fetch_and_how_to_pass_it(tmp_path: 
     assert str(tmp_path / "cache" / "weights.bin") in message
 
 
-def test_sha256_prefix_pin_as_torchvision_uses() -> None:
-    assert TORCHVISION_FILE.matches("7be5be79" + "0" * 56)
-    assert not TORCHVISION_FILE.matches("7be5be78" + "0" * 56)
-    assert TORCHVISION_FILE.describe_digest() == "SHA-256 starting 7be5be79"
+def test_torchvision_pin_is_the_full_sha256() -> None:
+    """A 32-bit prefix can be matched by a crafted file in minutes; the whole digest cannot."""
+    assert TORCHVISION_FILE.matches(TORCHVISION_SHA256)
+    assert not TORCHVISION_FILE.matches("7be5be79" + "0" * 56)
+    assert TORCHVISION_FILE.describe_digest() == f"SHA-256 {TORCHVISION_SHA256}"
     assert BVLC_FILE.describe_digest() == "SHA-1 9116a64c0fbe4459d18f4bb6b56d647b63920377"
 
 
