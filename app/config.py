@@ -45,7 +45,8 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
-    log_format: Literal["json", "plain"] = "json"
+    # Unset: readable lines when stderr is a terminal (`make serve`), JSON otherwise (containers, log shippers).
+    log_format: Literal["json", "plain"] | None = None
 
     model_path: Path = Path("model/alexnet.onnx")
     # Build the model on first start when `model_path` is missing (trained BVLC weights if they can be had).

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import io
 import logging
+import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +26,14 @@ FloatArray = npt.NDArray[np.float32]
 
 UNTRAINED_WARNING = "the model has random, untrained weights: its predictions are noise"
 CPU_FALLBACK_WARNING = "CUDA was requested but is not active: inference runs on the CPU"
+GPU_PROVIDERS = frozenset({CUDA_PROVIDER, TENSORRT_PROVIDER})
+# onnxruntime lists its TensorRT provider as available whether or not TensorRT itself is installed.
+TENSORRT_LIBRARY = "libnvinfer.so.10"
+# onnxruntime's C++ logger severities: 2 (warning) is its default, 4 (fatal) keeps it silent.
+ORT_DEFAULT_LOG_SEVERITY = 2
+ORT_SILENT_LOG_SEVERITY = 4
+# ort.preload_dlls prints one such line per library it cannot load, instead of raising.
+_PRELOAD_FAILURE = re.compile(r"^Failed to load (\S+?): ", re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -87,21 +100,28 @@ def load_model(settings: Settings) -> OnnxModel:
         raise ModelLoadError(
             f"model file {path} does not exist; build it with `python -m model export` or set ALEXNET_MODEL_PATH"
         )
-    wants_cuda = CUDA_PROVIDER in settings.providers
-    if wants_cuda:
-        _preload_cuda_libraries()
-    session = _open_session(path, settings)
+    wants_gpu = not GPU_PROVIDERS.isdisjoint(settings.providers)
+    with _onnxruntime_quiet(settings.log_level):
+        # TensorRT runs on the CUDA libraries too, so asking for it alone still preloads them.
+        unloaded = _preload_cuda_libraries() if wants_gpu else []
+        session = _open_session(path, settings)
     card = _read_card(session, path)
     _check_signature(session, card, path)
 
     active = list(session.get_providers())
-    reason = _cuda_fallback_reason() if wants_cuda and CUDA_PROVIDER not in active else None
+    tensorrt_missing = TENSORRT_PROVIDER in settings.providers and not _tensorrt_installed()
+    if tensorrt_missing:
+        logger.warning("TensorRT was requested but %s is not installed: TensorRT is skipped", TENSORRT_LIBRARY)
+    falls_back = wants_gpu and GPU_PROVIDERS.isdisjoint(active)
+    reason = _cuda_fallback_reason(settings.providers, unloaded, tensorrt_missing) if falls_back else None
     report = ProviderReport(requested=list(settings.providers), active=active, cuda_fallback_reason=reason)
     if reason is not None:
         if settings.require_cuda:
             raise ModelLoadError(f"ALEXNET_REQUIRE_CUDA is set but CUDA is not active: {reason}")
         logger.warning("%s (%s); active providers: %s", CPU_FALLBACK_WARNING, reason, ", ".join(active))
     else:
+        if unloaded:
+            logger.warning("these CUDA libraries did not preload: %s", ", ".join(unloaded))
         logger.info("onnxruntime providers active: %s", ", ".join(active))
 
     if not card.trained:
@@ -183,18 +203,54 @@ def _check_signature(session: ort.InferenceSession, card: ModelCard, path: Path)
         raise ModelLoadError(f"{path}: expected output {OUTPUT_NAME!r} [N,{NUM_CLASSES}], found {outputs}")
 
 
-def _preload_cuda_libraries() -> None:
-    # The `cuda` extra installs CUDA/cuDNN as NVIDIA wheels; onnxruntime finds them only once preloaded.
+@contextlib.contextmanager
+def _onnxruntime_quiet(log_level: str) -> Iterator[None]:
+    """Silence onnxruntime's own logger while providers are probed: an unusable GPU is explained by our one
+    warning, not by its raw C++ errors. At debug level its messages stay."""
+    if log_level == "debug":
+        yield
+        return
+    ort.set_default_logger_severity(ORT_SILENT_LOG_SEVERITY)
     try:
-        ort.preload_dlls(directory="")
-    except Exception as error:  # best effort: a missing library shows up as a CPU fallback with its reason
-        logger.debug("could not preload CUDA libraries: %s", error)
+        yield
+    finally:
+        ort.set_default_logger_severity(ORT_DEFAULT_LOG_SEVERITY)
 
 
-def _cuda_fallback_reason() -> str:
-    if CUDA_PROVIDER not in ort.get_available_providers():
-        return f"this onnxruntime build has no CUDA support (available: {ort.get_available_providers()})"
+def _preload_cuda_libraries() -> list[str]:
+    """Load the CUDA/cuDNN libraries (the `cuda` extra installs them as NVIDIA wheels; onnxruntime finds them only
+    once preloaded). Returns the names of those that did not load."""
+    printed = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(printed):
+            ort.preload_dlls(directory="")
+    except Exception as error:  # onnxruntime raises untyped errors here; the fallback reason carries it
+        return [f"(preload failed: {error})"]
+    logger.debug("onnxruntime's CUDA preload said: %s", printed.getvalue().strip() or "nothing")
+    return [Path(name).name for name in _PRELOAD_FAILURE.findall(printed.getvalue())]
+
+
+def _tensorrt_installed() -> bool:
+    try:
+        ctypes.CDLL(TENSORRT_LIBRARY)
+    except OSError:
+        return False
+    return True
+
+
+def _cuda_fallback_reason(requested: list[str], unloaded: list[str], tensorrt_missing: bool) -> str:
+    """The likely cause, for where it runs: the GPU image has every CUDA library, so there it is the GPU itself."""
+    available = ort.get_available_providers()
+    if CUDA_PROVIDER not in available:
+        return f"this onnxruntime build has no CUDA support (available: {available})"
+    if unloaded:
+        return (
+            f"the CUDA libraries {', '.join(unloaded)} did not load: "
+            "install them with `pip install 'alexnet-serve[cuda]'`"
+        )
+    if tensorrt_missing and CUDA_PROVIDER not in requested:
+        return f"TensorRT's {TENSORRT_LIBRARY} is not installed and CUDAExecutionProvider was not requested"
     return (
-        "the CUDA execution provider failed to start: no GPU visible, or CUDA 13 / cuDNN 9 libraries "
-        "missing (install with `pip install 'alexnet-serve[cuda]'`; onnxruntime's own error is logged above)"
+        "the CUDA libraries loaded, but no NVIDIA driver or GPU is visible: "
+        "run the container with `--gpus all` and the NVIDIA Container Toolkit, or check `nvidia-smi`"
     )

@@ -16,7 +16,15 @@ import app.config
 from app.config import CPU_PROVIDER, CUDA_PROVIDER, TENSORRT_PROVIDER, Settings
 from app.cpus import usable_cpus
 from app.errors import ModelLoadError
-from app.inference import CPU_FALLBACK_WARNING, UNTRAINED_WARNING, ProviderReport, load_model, session_options
+from app.inference import (
+    CPU_FALLBACK_WARNING,
+    TENSORRT_LIBRARY,
+    UNTRAINED_WARNING,
+    ProviderReport,
+    _tensorrt_installed,
+    load_model,
+    session_options,
+)
 from model.labels import imagenet_labels
 from model.metadata import BVLC_PREPROCESSING, ModelCard
 
@@ -197,3 +205,109 @@ def test_draft_decoding_gives_inference_every_core_unless_told_otherwise(monkeyp
 def test_provider_report_says_whether_a_gpu_runs_the_model(active: list[str], on_gpu: bool) -> None:
     report = ProviderReport(requested=[CUDA_PROVIDER, CPU_PROVIDER], active=active, cuda_fallback_reason=None)
     assert report.on_gpu is on_gpu
+
+
+ONNXRUNTIME_LOG_MARKERS = ("[E:onnxruntime", "[W:onnxruntime", "Failed to load")
+
+
+@pytest.mark.usefixtures("without_cuda")
+def test_provider_probe_keeps_onnxruntime_quiet_and_warns_once(
+    served_model_path: Path, caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]
+) -> None:
+    capfd.readouterr()
+    with caplog.at_level(logging.INFO, logger="app.inference"):
+        model = load_model(Settings(model_path=served_model_path))
+    printed = capfd.readouterr()
+
+    assert [marker for marker in ONNXRUNTIME_LOG_MARKERS if marker in printed.out + printed.err] == []
+    warnings = [record.getMessage() for record in caplog.records if record.levelno >= logging.WARNING]
+    assert [message.partition(" (")[0] for message in warnings] == [
+        CPU_FALLBACK_WARNING,
+        "UNTRAINED MODEL: " + UNTRAINED_WARNING,
+    ]
+    assert model.providers.cuda_fallback_reason is not None
+
+
+@pytest.mark.usefixtures("without_cuda")
+def test_provider_probe_lets_onnxruntime_speak_at_debug(
+    served_model_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    capfd.readouterr()
+    load_model(Settings(model_path=served_model_path, log_level="debug"))
+    assert "[W:onnxruntime" in capfd.readouterr().err
+    # Quiet again afterwards: the severity is restored after every probe.
+    load_model(Settings(model_path=served_model_path))
+    assert "onnxruntime" not in capfd.readouterr().err
+
+
+def fake_preload(monkeypatch: pytest.MonkeyPatch, printed: str) -> list[str]:
+    """Replace ort.preload_dlls with one that prints what the real one prints; returns a log of its calls."""
+    calls: list[str] = []
+
+    def preload(**kwargs: Any) -> None:
+        calls.append("preload")
+        print(printed, end="")  # noqa: T201 - onnxruntime's preload reports failures on stdout, like this
+
+    monkeypatch.setattr(ort, "preload_dlls", preload)
+    return calls
+
+
+@pytest.mark.usefixtures("without_cuda")
+def test_missing_cuda_libraries_are_named_with_the_extra_that_installs_them(
+    served_model_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake_preload(monkeypatch, "Failed to load libcudnn.so.9: cannot open shared object file\nPlease follow …\n")
+    reason = load_model(Settings(model_path=served_model_path)).providers.cuda_fallback_reason
+    assert reason == (
+        "the CUDA libraries libcudnn.so.9 did not load: install them with `pip install 'alexnet-serve[cuda]'`"
+    )
+
+
+@pytest.mark.usefixtures("without_cuda")
+def test_with_the_cuda_libraries_loaded_the_cause_is_the_gpu_not_the_extra(
+    served_model_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As in the GPU image run without `--gpus all`: every library preloads, yet CUDA cannot start."""
+    fake_preload(monkeypatch, "")
+    reason = load_model(Settings(model_path=served_model_path)).providers.cuda_fallback_reason
+    assert reason == (
+        "the CUDA libraries loaded, but no NVIDIA driver or GPU is visible: run the container with `--gpus all` "
+        "and the NVIDIA Container Toolkit, or check `nvidia-smi`"
+    )
+
+
+@pytest.mark.usefixtures("without_cuda")
+def test_a_failing_preload_is_part_of_the_reason(served_model_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def preload(**kwargs: Any) -> None:
+        raise RuntimeError("Invalid parameter of directory")
+
+    monkeypatch.setattr(ort, "preload_dlls", preload)
+    reason = load_model(Settings(model_path=served_model_path)).providers.cuda_fallback_reason
+    assert reason is not None and "(preload failed: Invalid parameter of directory)" in reason
+
+
+@pytest.mark.usefixtures("without_cuda")
+def test_tensorrt_alone_preloads_cuda_and_says_in_one_line_that_tensorrt_is_missing(
+    served_model_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    if _tensorrt_installed():
+        pytest.skip(f"{TENSORRT_LIBRARY} is installed here")
+    calls = fake_preload(monkeypatch, "")
+    with caplog.at_level(logging.INFO, logger="app.inference"):
+        model = load_model(Settings(model_path=served_model_path, providers=[TENSORRT_PROVIDER, CPU_PROVIDER]))
+
+    assert calls == ["preload"]
+    assert model.providers.active == [CPU_PROVIDER]
+    tensorrt_lines = [record for record in caplog.records if "TensorRT" in record.getMessage()]
+    assert [(record.levelno, record.getMessage()) for record in tensorrt_lines[:1]] == [
+        (logging.WARNING, "TensorRT was requested but libnvinfer.so.10 is not installed: TensorRT is skipped")
+    ]
+    assert model.providers.cuda_fallback_reason == (
+        "TensorRT's libnvinfer.so.10 is not installed and CUDAExecutionProvider was not requested"
+    )
+
+
+def test_cpu_only_settings_never_preload(served_model_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = fake_preload(monkeypatch, "")
+    load_model(cpu_settings(served_model_path))
+    assert calls == []
