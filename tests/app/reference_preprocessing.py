@@ -1,7 +1,8 @@
 """The reference preprocessing, re-implemented from the published recipes for the parity tests.
 
 It shares no code with app/preprocessing.py and reads nothing from the model card: Pillow decodes the
-whole file and converts it to RGB, then
+whole file and converts it to RGB, the EXIF orientation is applied (by its own table from the EXIF spec,
+not Pillow's), then
 - BVLC (Caffe's deploy recipe): both sides to 256 (bilinear), the centre 227x227 crop (offset 14),
   float32, RGB to BGR, minus the ILSVRC-2012 mean pixel in BGR order;
 - torchvision: the shorter side to 256 (bilinear, the longer side truncated as torchvision does), the
@@ -12,6 +13,7 @@ laid out NCHW with a batch of one.
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 
 import numpy as np
 import numpy.typing as npt
@@ -25,11 +27,29 @@ BVLC_CROP_OFFSET = 14
 BVLC_MEAN_BGR = (104.0069879317889, 116.66876761696767, 122.6789143406786)
 IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)
 IMAGENET_STD_RGB = (0.229, 0.224, 0.225)
+ORIENTATION_TAG = 0x0112
+
+Pixels = npt.NDArray[np.uint8]
+# EXIF orientation -> how the stored rows x columns become the upright picture; other values mean upright.
+UPRIGHT: dict[int, Callable[[Pixels], Pixels]] = {
+    2: lambda pixels: pixels[:, ::-1],  # mirrored left to right
+    3: lambda pixels: pixels[::-1, ::-1],  # turned 180 degrees
+    4: lambda pixels: pixels[::-1],  # mirrored top to bottom
+    5: lambda pixels: pixels.transpose(1, 0, 2),  # mirrored across the main diagonal
+    6: lambda pixels: np.rot90(pixels, -1),  # shown turned 90 degrees clockwise
+    7: lambda pixels: np.rot90(pixels, 2).transpose(1, 0, 2),  # mirrored across the other diagonal
+    8: lambda pixels: np.rot90(pixels, 1),  # shown turned 90 degrees counter-clockwise
+}
 
 
 def _rgb(data: bytes) -> Image.Image:
     with Image.open(io.BytesIO(data)) as image:
-        return image.convert("RGB")
+        orientation = image.getexif().get(ORIENTATION_TAG, 1)
+        rgb = image.convert("RGB")
+    upright = UPRIGHT.get(orientation)
+    if upright is None:
+        return rgb
+    return Image.fromarray(np.ascontiguousarray(upright(np.asarray(rgb))))
 
 
 def _nchw(pixels: FloatArray) -> FloatArray:
