@@ -16,6 +16,11 @@ TENSORRT_PROVIDER = "TensorrtExecutionProvider"
 CPU_PROVIDER = "CPUExecutionProvider"
 MAX_TOP_K = 1000
 DEFAULT_TOP_K = 5
+# Occlusion explanations: cells per side. 14×14 = 196 copies plus the original stay under the default
+# admission limit (max_queue_size 256).
+DEFAULT_EXPLAIN_GRID = 7
+MIN_EXPLAIN_GRID = 2
+MAX_EXPLAIN_GRID = 14
 # Micro-batch caps when ALEXNET_MAX_BATCH_SIZE is unset. On CPU the per-image cost stops falling near batch 8-16
 # (0.67x of batch 1 at 8, 0.63x at 32), so larger batches only add latency. A GPU's cost per batch grows far
 # slower than the batch (not yet measured here: bench/gpu_check.sh times batch 1/8/64/256).

@@ -21,6 +21,7 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image, ImageDraw, ImageFont
 
+from app.config import DEFAULT_EXPLAIN_GRID, MAX_EXPLAIN_GRID, MIN_EXPLAIN_GRID
 from app.schemas import ClassScore, ExplainResponse, ExplainTimingMs, ExplanationMethod, PredictResponse
 from model.metadata import Label, Preprocessing
 
@@ -29,10 +30,9 @@ FloatArray = npt.NDArray[np.float32]
 Baseline = Literal["mean", "black"]
 BASELINES: tuple[Baseline, ...] = ("mean", "black")
 DEFAULT_BASELINE: Baseline = "mean"
-DEFAULT_GRID = 7
-MIN_GRID = 2
-# 14×14 = 196 variants (plus the original) stays under the default admission limit of 256 images.
-MAX_GRID = 14
+DEFAULT_GRID = DEFAULT_EXPLAIN_GRID
+MIN_GRID = MIN_EXPLAIN_GRID
+MAX_GRID = MAX_EXPLAIN_GRID
 METHOD: Literal["occlusion"] = "occlusion"
 NORMALISATION = "drop / max(|drop|): 1 = the cell whose occlusion lowers the target's probability most"
 

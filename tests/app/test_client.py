@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app.client import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, main
+from app.client import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, explanation_path, main
+from app.explain import OVERLAY_SCALE
 from model.labels import imagenet_labels
 from tests.app.live_server import LiveServer, free_port, live_server
 
@@ -65,6 +66,34 @@ def test_directory_with_a_bad_file_exits_1(
             "message": "unsupported image format; send one of: JPEG, PNG, WebP, GIF, BMP, TIFF",
         },
     }
+
+
+def test_explain_writes_the_overlay_next_to_each_image(
+    server: LiveServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    image = _write_jpeg(tmp_path / "cat.jpg", 5)
+    assert main([str(tmp_path), "--url", server.url, "--explain", "--grid", "2", "--top-k", "1"]) == EXIT_OK
+    overlay = tmp_path / "cat.jpg.explain.png"
+    assert explanation_path(image) == overlay
+    with Image.open(overlay) as written:
+        assert (written.format, written.width) == ("PNG", 227 * OVERLAY_SCALE)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == str(image)
+    assert lines[3] == f"  explanation: {overlay}"
+    assert lines[4].startswith("  The ") or lines[4].startswith("  No region matters")
+    # A second run over the folder explains the photo again, not its overlay.
+    assert main([str(tmp_path), "--url", server.url, "--explain", "--grid", "2", "--json"]) == EXIT_OK
+    [record] = json.loads(capsys.readouterr().out)
+    assert record["path"] == str(image)
+    assert record["explanation"]["path"] == str(overlay)
+    assert record["explanation"]["status"] == 200
+
+
+def test_explain_grid_out_of_range_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["x.jpg", "--explain", "--grid", "15"])
+    assert exit_info.value.code == 2
+    assert "--grid must be between 2 and 14" in capsys.readouterr().err
 
 
 def test_unreachable_server_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
