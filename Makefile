@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: serve test lint typecheck unit model bench docker lock clean
+.PHONY: serve test lint typecheck unit model bench docker docs lock clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -52,5 +52,8 @@ docker:  ## build the image (CUDA=true|false, WEIGHTS=bvlc|torchvision|random)
 bench: $(VENV)/.dev
 	$(BIN)/python -m bench
 
+docs: $(VENV)/.dev  ## build the docs site into site/ (strict: a broken link or a missing page fails)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache site

@@ -40,7 +40,7 @@ def _default_intra_op_threads(fields: dict[str, Any]) -> int:
         # images/s with half of them (docs/performance.md, Threads). Measured on 2 cores only.
         return cores
     # Half the cores for inference leaves the rest to full decoding, which runs at the same time: on 2 cores
-    # this measured ~40% more images/s than onnxruntime's default of all cores (README, Performance).
+    # this measured ~40% more images/s than onnxruntime's default of all cores (docs/performance.md).
     return max(1, cores // 2)
 
 
@@ -71,7 +71,7 @@ class Settings(BaseSettings):
     tensorrt_cache_dir: Path = Path.home() / ".cache" / "alexnet-serve" / "tensorrt"
     require_trained: bool = False
     # Decode large JPEGs at reduced scale (Pillow draft mode): much faster, but no longer bit-exact with the
-    # reference preprocessing (see README, Performance). Off by default: correctness first. Declared before
+    # reference preprocessing (see docs/preprocessing.md). Off by default: correctness first. Declared before
     # the thread counts, whose defaults depend on it.
     fast_jpeg_decode: bool = False
     # 0 lets onnxruntime pick (one thread per physical core).

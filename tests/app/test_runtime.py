@@ -16,7 +16,7 @@ from tests.app.service_support import service_settings, wait_until_ready
 
 @pytest.mark.parametrize(
     ("configured", "on_gpu", "expected"),
-    [(None, False, 16), (None, True, 64), (7, False, 7), (7, True, 7)],  # 16 and 64 are documented in README
+    [(None, False, 16), (None, True, 64), (7, False, 7), (7, True, 7)],  # 16 and 64: docs/configuration.md
 )
 def test_max_batch_size_is_the_configured_one_else_the_devices_default(
     configured: int | None, on_gpu: bool, expected: int, served_model_path: Path

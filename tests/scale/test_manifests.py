@@ -27,13 +27,13 @@ GPU_KUSTOMIZATIONS = ("overlays/gpu", "overlays/gpu-queue-depth")
 INFERENCE_SERVICE = K8S_DIR / "kserve" / "inferenceservice.yaml"
 KSERVE_NETWORK_POLICY = K8S_DIR / "kserve" / "networkpolicy.yaml"
 CHECKOV_ACCEPTED = K8S_DIR / "checkov-accepted.txt"
-SCALE_DOC = REPO_ROOT / "README.md"
+SCALE_DOC = REPO_ROOT / "docs" / "kubernetes.md"
 DOCKERFILE = REPO_ROOT / "Dockerfile"
 # The oldest Kubernetes we claim (PDB unhealthyPodEvictionPolicy needs 1.26+) and the newest with schemas here.
 KUBERNETES_VERSIONS = ("1.27.0", kubernetes_validate.latest_version())
 
 SERVER_PORT = 8000
-# Measured in README.md (Scale out, "Resources"): RSS under sustained load, and the worst case the default limits admit.
+# Measured in docs/kubernetes.md ("Resources"): RSS under sustained load, and the worst case the default limits admit.
 MEASURED_LOADED_RSS_MIB = 494
 MEASURED_WORST_CASE_RSS_MIB = 1087
 MIN_STARTUP_BUDGET_S = 120
@@ -322,8 +322,8 @@ def accepted_findings() -> set[str]:
 
 
 def _justifications() -> dict[str, str]:
-    """`| CKV_… | why |` rows of the README's "Accepted checkov findings" section (up to the next heading)."""
-    section = SCALE_DOC.read_text().partition("### Accepted checkov findings")[2].partition("\n#")[0]
+    """`| CKV_… | why |` rows of docs/kubernetes.md's "Accepted checkov findings" section (up to the next heading)."""
+    section = SCALE_DOC.read_text().partition("## Accepted checkov findings")[2].partition("\n#")[0]
     rows = re.findall(r"^\|\s*`?(CKV2?_[A-Z0-9]+_\d+)`?\s*\|(.*)\|\s*$", section, flags=re.MULTILINE)
     return {check_id: why.strip() for check_id, why in rows}
 
@@ -369,5 +369,5 @@ def test_checkov_finds_nothing_beyond_the_accepted_list(
         failures.setdefault(check_id, set()).update(where)
     accepted = accepted_findings()
     unexpected = {check_id: sorted(where) for check_id, where in failures.items() if check_id not in accepted}
-    assert unexpected == {}, "fix these, or accept them in checkov-accepted.txt and justify them in README.md"
+    assert unexpected == {}, "fix these, or accept them in checkov-accepted.txt and justify them in docs/kubernetes.md"
     assert accepted - failures.keys() == set(), "no longer found: remove from checkov-accepted.txt and the docs"

@@ -32,7 +32,7 @@ REPLICA_COUNT = 3
 DRAIN_DELAY_S = 4.0
 GRACEFUL_SHUTDOWN_S = 5.0
 # One inference thread and one decode thread per replica, like a pod whose threads follow a 1-CPU limit: three
-# replicas then share two cores without oversubscribing them (README.md, Scale out, has the 2-thread measurement too).
+# replicas then share two cores without oversubscribing them (docs/kubernetes.md, has the 2-thread measurement too).
 REPLICA_ENV = {
     "ALEXNET_INTRA_OP_THREADS": "1",
     "ALEXNET_DECODE_THREADS": "1",
@@ -47,7 +47,7 @@ ROUND_S = 5.0
 # 1, 3, 1, 3 replicas: interleaved, so drift on a shared machine does not favour either.
 ROUNDS = (1, REPLICA_COUNT, 1, REPLICA_COUNT)
 # A sanity bound, not a speed-up claim: on two shared cores the ratio measured 0.6 to 1.9 with other work running
-# (README.md, Scale out); below half, something is wrong (replicas crashing, the balancer misrouting).
+# (docs/kubernetes.md); below half, something is wrong (replicas crashing, the balancer misrouting).
 MIN_THROUGHPUT_RATIO = 0.5
 # With three replicas, each must take a real part of the load (a third each, ideally).
 MIN_SHARE = 0.15
