@@ -366,3 +366,13 @@ def test_docker_stop_ends_the_server_cleanly(docker: DockerCli, container: Runni
     assert state["ExitCode"] == 0, _tail(log)
     assert elapsed < STOP_GRACE_S
     assert any(line in log for line in SHUTDOWN_LOG_LINES), _tail(log)
+    # No terminal under `docker run` (no -t): ALEXNET_LOG_FORMAT unset means one JSON object per line.
+    not_json = [line for line in log.splitlines() if line.strip() and not _is_json_object(line)]
+    assert not_json == [], _tail(log)
+
+
+def _is_json_object(line: str) -> bool:
+    try:
+        return isinstance(json.loads(line), dict)
+    except json.JSONDecodeError:
+        return False
