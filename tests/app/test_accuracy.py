@@ -36,12 +36,14 @@ from tests.app.standin import (
     GREYSCALE_PHOTO_COUNT,
     PROBABILITY_TOLERANCE,
     SQUEEZENET_SHA256,
+    TENCH,
     TOP1_BAR,
     TOP5,
     TOP5_BAR,
     Photo,
     accuracy,
     first_name,
+    photo_of,
     sorted_wnids,
     top5_wnids,
     write_standin,
@@ -55,7 +57,6 @@ CONCURRENT_REQUESTS = 4
 REQUEST_TIMEOUT_S = 60.0
 # The same pixels, batched differently, may differ in the last bits of a float32 sum.
 SAME_PIXELS_TOLERANCE = 1e-6
-TENCH = "n01440764"
 ORIENTATION_TAG = 0x0112
 
 Probabilities = npt.NDArray[np.float64]
@@ -269,7 +270,7 @@ def test_standin_labelled_untrained_is_served_as_untrained(photos: list[Photo], 
     trained = tmp_path / "standin-trained.onnx"
     write_standin(trained)
     assert load_model(service_settings(trained, require_trained=True)).warnings == []
-    (tench,) = [photo for photo in photos if photo.wnid == TENCH]
+    tench = photo_of(photos, TENCH)
     with TestClient(create_app(service_settings(path))) as client:
         wait_until_ready(client)
         body = client.post("/v1/predict", content=tench.read(), headers={"Content-Type": "image/jpeg"}).json()

@@ -36,6 +36,9 @@ from selenium.webdriver.support.wait import WebDriverWait
 from app.config import CPU_PROVIDER, Settings
 from app.main import create_app
 from app.routes.web import CONTENT_SECURITY_POLICY, STATIC_MEDIA_TYPES
+from model.labels import imagenet_labels
+from tests.app.live_server import LiveServer
+from tests.app.standin import TENCH, Photo, photo_of
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 README_SCREENSHOT = REPO_ROOT / "docs" / "screenshot.png"
@@ -383,10 +386,10 @@ def test_uploaded_jpeg_shows_the_apis_top5(browser: webdriver.Chrome, server_url
 
 
 DISPATCH_IMAGE_EVENT = """
-const [encoded, kind] = arguments;
+const [encoded, kind, name] = arguments;
 const bytes = Uint8Array.from(atob(encoded), (character) => character.charCodeAt(0));
 const transfer = new DataTransfer();
-transfer.items.add(new File([bytes], "landscape.jpg", { type: "image/jpeg" }));
+transfer.items.add(new File([bytes], name, { type: "image/jpeg" }));
 const init = { bubbles: true, cancelable: true };
 const event = kind === "drop"
   ? new DragEvent("drop", { ...init, dataTransfer: transfer })
@@ -414,10 +417,32 @@ def test_dropped_or_pasted_image_is_classified(browser: webdriver.Chrome, server
     answer = predict_with_api(server_url, "landscape.jpg", data)
     open_page(browser, server_url)
 
-    browser.execute_script(DISPATCH_IMAGE_EVENT, base64.b64encode(data).decode("ascii"), kind)
+    browser.execute_script(DISPATCH_IMAGE_EVENT, base64.b64encode(data).decode("ascii"), kind, "landscape.jpg")
 
     assert wait_for_bars(browser) == expected_bars(answer.json())
     assert browser.find_element(By.ID, "preview-caption").text.startswith("landscape.jpg · 480×320")
+
+
+@pytest.mark.slow
+def test_dropped_real_photo_shows_its_class_first(
+    browser: webdriver.Chrome, standin_server: LiveServer, photos: list[Photo]
+) -> None:
+    # The trained stand-in (tests/app/standin.py) on a real ImageNet photo: the page must name the right class first.
+    tench = photo_of(photos, TENCH)
+    data = tench.read()
+    answer = predict_with_api(standin_server.url, tench.path.name, data)
+    assert answer.json()["top1"]["wnid"] == TENCH
+    open_page(browser, standin_server.url)
+
+    browser.execute_script(DISPATCH_IMAGE_EVENT, base64.b64encode(data).decode("ascii"), "drop", tench.path.name)
+
+    bars = wait_for_bars(browser)
+    assert bars[0][0] == imagenet_labels()[tench.index].label == "tench, Tinca tinca"
+    assert bars == expected_bars(answer.json())
+    # The CPU banner shows once the page has read /health, so by then a trained model's page shows no warning.
+    WebDriverWait(browser, BROWSER_WAIT_S).until(lambda driver: driver.find_element(By.ID, "banner-cpu").is_displayed())
+    assert not browser.find_element(By.ID, "banner-untrained").is_displayed()
+    assert console_errors(browser) == []
 
 
 @pytest.mark.slow
