@@ -11,6 +11,7 @@ from urllib.parse import unquote, urlsplit
 import pytest
 
 from app.config import Settings
+from app.errors import STATUS_BY_ERROR
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 README = REPO_ROOT / "README.md"
@@ -20,6 +21,9 @@ SETTINGS_HOOK = DOCS / "hooks" / "settings_table.py"
 README_MAX_LINES = 150
 # [text](target) and ![alt](target), ignoring an optional "title"; reference-style links are not used.
 MARKDOWN_LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
+API_PAGE = DOCS / "api.md"
+# `| 503 | `model_not_ready` / `overloaded` | when |` rows of the API page's error table.
+ERROR_ROW = re.compile(r"^\| ([\d /]+) \| ([^|]+) \|", re.MULTILINE)
 TABLE_VARIABLE = re.compile(r"^\| `(ALEXNET_[A-Z0-9_]+)` \|", re.MULTILINE)
 
 
@@ -87,3 +91,14 @@ def test_every_docs_page_is_in_the_navigation() -> None:
     nav = (REPO_ROOT / "mkdocs.yml").read_text()
     pages = sorted(path.name for path in DOCS.glob("*.md"))
     assert [page for page in pages if f": {page}" not in nav] == []
+
+
+def test_the_api_page_lists_every_error_code_with_its_status() -> None:
+    documented: dict[str, set[int]] = {}
+    for statuses, codes in ERROR_ROW.findall(API_PAGE.read_text()):
+        for code in re.findall(r"`([a-z_]+)`", codes):
+            documented.setdefault(code, set()).update(int(status) for status in re.findall(r"\d+", statuses))
+    missing = {
+        error.code: status for error, status in STATUS_BY_ERROR.items() if status not in documented.get(error.code, ())
+    }
+    assert missing == {}
