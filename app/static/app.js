@@ -1,9 +1,13 @@
-// The upload page: choose, drop or paste an image, POST it to v1/predict, draw the top 5 as bars.
+// The upload page: choose, drop or paste an image, POST it to v1/predict, draw the top 5 as bars;
+// "Explain" POSTs it to v1/explain for the occlusion heatmap PNG and shows it with its text alternative.
 // Plain browser JavaScript, no build step and no external resources. URLs are relative so the page
 // also works behind a reverse proxy that mounts the service under a path prefix.
 "use strict";
 
 const PREDICT_URL = "v1/predict";
+const EXPLAIN_URL = "v1/explain";
+// The overlay PNG's text alternative, percent-encoded by the server (app/routes/explain.py).
+const EXPLANATION_TEXT_HEADER = "X-Explanation-Text";
 const HEALTH_URL = "health";
 const CUDA_PROVIDER = "CUDAExecutionProvider";
 const FILE_FIELD = "file";
@@ -18,6 +22,10 @@ const page = {
   apiKeyDetails: document.getElementById("api-key-details"),
   apiKey: document.getElementById("api-key"),
   classify: document.getElementById("classify"),
+  explain: document.getElementById("explain"),
+  explanation: document.getElementById("explanation"),
+  explanationOverlay: document.getElementById("explanation-overlay"),
+  explanationText: document.getElementById("explanation-text"),
   resultsPanel: document.getElementById("results-panel"),
   results: document.getElementById("results"),
   status: document.getElementById("status"),
@@ -34,6 +42,8 @@ const page = {
 let currentFile = null;
 let previewUrl = null;
 let inFlight = null;
+let explaining = null;
+let overlayUrl = null;
 
 /** A probability in [0, 1] as the page shows it, e.g. 0.41725 -> "41.72%". */
 function formatPercent(probability) {
@@ -220,6 +230,70 @@ async function classify() {
   }
 }
 
+function hideExplanation() {
+  if (explaining) explaining.abort();
+  if (overlayUrl) URL.revokeObjectURL(overlayUrl);
+  overlayUrl = null;
+  page.explanation.hidden = true;
+  page.explanationOverlay.removeAttribute("src");
+  page.explanationOverlay.alt = "";
+  page.explanationText.textContent = "";
+}
+
+function explanationTextFrom(response) {
+  const encoded = response.headers.get(EXPLANATION_TEXT_HEADER);
+  if (!encoded) return "The server gave no description of the heatmap.";
+  try {
+    return decodeURIComponent(encoded);
+  } catch (error) {
+    console.warn("undecodable explanation text", error);
+    return encoded;
+  }
+}
+
+async function explain() {
+  if (!currentFile) return;
+  hideExplanation();
+  const controller = new AbortController();
+  explaining = controller;
+  clearError();
+  page.explain.disabled = true;
+  page.explanation.hidden = false;
+  page.explanation.setAttribute("aria-busy", "true");
+  page.explanationText.textContent = "Explaining… (one model run per grid cell)";
+
+  const body = new FormData();
+  body.append(FILE_FIELD, currentFile, currentFile.name || "pasted-image");
+  const headers = { Accept: "image/png" };
+  const apiKey = page.apiKey.value.trim();
+  if (apiKey) headers.Authorization = `Bearer ${apiKey}`;
+  try {
+    const response = await fetch(EXPLAIN_URL, { method: "POST", body, headers, signal: controller.signal });
+    if (!response.ok) {
+      const failure = await readErrorBody(response);
+      hideExplanation();
+      showError(describeFailure(response.status, failure.code), failure.message, response.headers.get("x-request-id"));
+      return;
+    }
+    const text = explanationTextFrom(response);
+    overlayUrl = URL.createObjectURL(await response.blob());
+    // The image carries the heatmap; its alternative says in words what the heatmap shows.
+    page.explanationOverlay.alt = `Heatmap over the image as the model saw it. ${text}`;
+    page.explanationOverlay.src = overlayUrl;
+    page.explanationText.textContent = text;
+  } catch (error) {
+    if (error.name === "AbortError") return;
+    hideExplanation();
+    showError("Could not reach the server.", String(error.message || error), null);
+  } finally {
+    if (explaining === controller) {
+      explaining = null;
+      page.explanation.setAttribute("aria-busy", "false");
+      page.explain.disabled = !currentFile;
+    }
+  }
+}
+
 function showPreview(file) {
   if (previewUrl) URL.revokeObjectURL(previewUrl);
   previewUrl = URL.createObjectURL(file);
@@ -248,6 +322,8 @@ function useFile(file) {
     return;
   }
   currentFile = file;
+  hideExplanation();
+  page.explain.disabled = false;
   showPreview(file);
   classify();
 }
@@ -261,6 +337,10 @@ function firstImage(items) {
 
 page.fileInput.addEventListener("change", () => {
   useFile(page.fileInput.files[0]);
+});
+
+page.explain.addEventListener("click", () => {
+  explain();
 });
 
 page.form.addEventListener("submit", (event) => {

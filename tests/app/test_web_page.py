@@ -34,6 +34,7 @@ from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.wait import WebDriverWait
 
 from app.config import CPU_PROVIDER, Settings
+from app.explain import OVERLAY_SCALE
 from app.main import create_app
 from app.routes.web import CONTENT_SECURITY_POLICY, STATIC_MEDIA_TYPES
 from model.labels import imagenet_labels
@@ -80,6 +81,43 @@ API_KEY = "web-page-test-key"
 class Element:
     tag: str
     attributes: dict[str, str]
+
+
+GIANT_PANDA = "n02510455"
+
+
+@pytest.mark.slow
+def test_explain_overlays_the_heatmap_with_its_text_alternative(
+    browser: webdriver.Chrome, standin_server: LiveServer, photos: list[Photo]
+) -> None:
+    photo = photo_of(photos, GIANT_PANDA)
+    answer = httpx.post(
+        f"{standin_server.url}/v1/explain", files={"file": (photo.path.name, photo.read(), "image/jpeg")}, timeout=60
+    )
+    assert answer.status_code == 200
+    text = answer.json()["text"]
+    open_page(browser, standin_server.url)
+    assert not browser.find_element(By.ID, "explanation").is_displayed()
+
+    browser.find_element(By.ID, "file-input").send_keys(str(photo.path))
+    wait_for_bars(browser)
+    browser.find_element(By.ID, "explain").click()
+
+    WebDriverWait(browser, BROWSER_WAIT_S).until(
+        lambda driver: (
+            driver.find_element(By.ID, "explanation-overlay").get_attribute("naturalWidth") == str(227 * OVERLAY_SCALE)
+        ),
+        "the heatmap overlay never appeared",
+    )
+    overlay = browser.find_element(By.ID, "explanation-overlay")
+    assert overlay.is_displayed()
+    assert overlay.get_attribute("alt") == f"Heatmap over the image as the model saw it. {text}"
+    assert browser.find_element(By.ID, "explanation-text").text == text
+    assert browser.find_element(By.ID, "explanation-text").get_attribute("role") == "status"
+    assert "red: hiding that area lowers the probability" in browser.find_element(By.ID, "explanation-legend").text
+    assert browser.find_element(By.ID, "explanation").get_attribute("aria-busy") == "false"
+    assert not browser.find_element(By.ID, "error").is_displayed()
+    assert console_errors(browser) == []
 
 
 class ElementCollector(HTMLParser):
