@@ -7,6 +7,7 @@ independent reference per photo, and name classes in the ground truth's sorted-w
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import base64
 import io
@@ -213,7 +214,7 @@ def assert_same_answer(found: ServedAnswer, expected: ServedAnswer) -> None:
 def test_greyscale_photos_answer_as_grey_rgb(
     standin_server: LiveServer, served: list[ServedAnswer], photos: list[Photo]
 ) -> None:
-    # The README: every mode becomes 8-bit RGB, greyscale through Pillow's conversion (grey in all three channels).
+    # docs/preprocessing.md: every mode becomes 8-bit RGB; greyscale by Pillow's conversion (grey in all channels).
     greyscale = []
     for position, photo in enumerate(photos):
         with Image.open(photo.path) as image:
@@ -247,7 +248,7 @@ def tagged(pixels: npt.NDArray[np.uint8], orientation: int) -> bytes:
 def test_exif_orientation_gives_the_upright_answer(
     standin_server: LiveServer, served: list[ServedAnswer], photos: list[Photo], orientation: int
 ) -> None:
-    # The README: EXIF orientation is applied. PNG, so the corrected pixels are the photo's, bit for bit.
+    # docs/preprocessing.md: EXIF orientation is applied. PNG, so the corrected pixels are the photo's, bit for bit.
     (position,) = [i for i, photo in enumerate(photos) if photo.wnid == TENCH]
     original = photos[position].read()
     with Image.open(io.BytesIO(original)) as image:
@@ -279,3 +280,14 @@ def test_standin_labelled_untrained_is_served_as_untrained(photos: list[Photo], 
     assert body["model"] == {"name": "bvlc_alexnet", "weights": "bvlc", "sha256": SQUEEZENET_SHA256, "trained": False}
     assert body["warnings"] == [UNTRAINED_WARNING]
     assert (model["trained"], model["warnings"]) == (False, [UNTRAINED_WARNING])
+
+
+def test_reference_shares_no_code_with_the_service() -> None:
+    source = (Path(__file__).parent / "reference_preprocessing.py").read_text()
+    imported = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            imported |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module is not None:
+            imported.add(node.module.split(".")[0])
+    assert imported == {"__future__", "io", "collections", "numpy", "PIL"}
