@@ -198,7 +198,7 @@ def evaluate(cache_dir: Path, photos_dir: Path = PHOTOS_DIR, limit: int | None =
 def render(verdict: DraftVerdict) -> str:
     rows = table(
         f"Draft vs full JPEG decode: {verdict.photos} real photos, trained stand-in (SqueezeNet 1.0, BVLC card)",
-        ["images", "decode", "top-1 %", "top-5 %", "decode+preprocess ms (median, one core)"],
+        ["images", "decode", "top-1 %", "top-5 %", "decode+preprocess ms (median wall, one thread)"],
         [[r.images, r.decode, r.top1_percent, r.top5_percent, r.decode_preprocess_ms_median] for r in verdict.rows],
     )
     decision = "draft decoding by default" if verdict.draft_by_default else "draft decoding stays opt-in"

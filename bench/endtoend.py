@@ -21,6 +21,8 @@ from bench.stats import LatencySummary, rate
 logger = logging.getLogger(__name__)
 
 STAGES = ("decode", "preprocess", "queue", "infer", "total")
+# The workload name of levels run with the generated image mix (the issue-5 levels).
+MIX = "mix"
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,7 @@ class LevelResult:
     outside_runtime_ms: float
     rss_kib: int
     samples: list[RequestSample]
+    workload: str = MIX
 
 
 @dataclass(frozen=True)
@@ -112,8 +115,13 @@ class ServerBench:
             self._warmup_errors += run.errors
         self._rss_after_warmup = rss_kib(self._server.pid)
 
-    def run_level(self, concurrency: int, body: BodyKind) -> LevelResult:
+    def run_level(
+        self, concurrency: int, body: BodyKind, *, workload: str = MIX, images: Sequence[BenchImage] | None = None
+    ) -> LevelResult:
+        """One level with the image mix, or with a workload's `images`."""
         spec = self._spec(body, concurrency, self._plan.level_warmup_seconds, self._plan.level_seconds)
+        if images is not None:
+            spec = replace(spec, image_paths=[str(image.path) for image in images])
         pids = (self._server.pid, os.getpid())
         # Server counters bracket the whole child run (its warm-up included); rates use the child's wall time.
         metrics_before, server_cpu_before = self._server.scrape_metrics(), process_cpu_seconds(self._server.pid)
@@ -146,10 +154,12 @@ class ServerBench:
             outside_runtime_ms=_outside_runtime_ms(run),
             rss_kib=rss_kib(self._server.pid),
             samples=[_sample(record) for record in run.records],
+            workload=workload,
         )
         logger.info(
-            "%s c=%d %s: %.1f images/s, p50 %.0f ms, p99 %.0f ms, errors %d, others' CPU %.0f%%",
+            "%s %s c=%d %s: %.1f images/s, p50 %.0f ms, p99 %.0f ms, errors %d, others' CPU %.0f%%",
             self.label,
+            workload,
             concurrency,
             body,
             level.images_per_s,
@@ -158,7 +168,8 @@ class ServerBench:
             level.errors,
             level.others_cpu_percent,
         )
-        self._levels.append(level)
+        if workload == MIX:  # workload levels are reported with their workload, not among the mix's levels
+            self._levels.append(level)
         return level
 
     def result(self) -> ServerResult:

@@ -62,6 +62,15 @@ class Plan:
     level_warmup_seconds: float
     level_seconds: float
     max_requests_per_level: int
+    # Issue 12's workloads: how many real photos (None: all), how many of each workload's images the
+    # single-image latency is measured on, and the ceiling's batch per caller and duration.
+    workload_photo_limit: int | None
+    workload_single_images: int
+    ceiling_warmup_seconds: float
+    ceiling_seconds: float
+    ceiling_batch_size: int = 8
+    workload_concurrency_levels: tuple[int, ...] = (1, COMPARISON_CONCURRENCY)
+    workload_body: BodyKind = "multipart"
     concurrency_levels: tuple[int, ...] = CONCURRENCY_LEVELS
     body_kinds: tuple[BodyKind, ...] = BODY_KINDS
 
@@ -90,6 +99,10 @@ FULL_PLAN = Plan(
     level_warmup_seconds=2.0,
     level_seconds=10.0,
     max_requests_per_level=5000,
+    workload_photo_limit=None,
+    workload_single_images=100,
+    ceiling_warmup_seconds=2.0,
+    ceiling_seconds=8.0,
 )
 
 QUICK_PLAN = Plan(
@@ -109,5 +122,9 @@ QUICK_PLAN = Plan(
     level_warmup_seconds=0.5,
     level_seconds=2.0,
     max_requests_per_level=500,
+    workload_photo_limit=8,
+    workload_single_images=4,
+    ceiling_warmup_seconds=0.5,
+    ceiling_seconds=2.0,
     concurrency_levels=(1, COMPARISON_CONCURRENCY),
 )

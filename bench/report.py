@@ -15,6 +15,7 @@ from bench.inprocess import DecodeResult, ModelThroughput, PipelineResult, Singl
 from bench.modelfile import ModelFile
 from bench.plan import BODY_KINDS, COMPARISON_CONCURRENCY, DEFAULT_PIPELINE_SETTING
 from bench.stats import median
+from bench.workloads import THROUGHPUT_TARGET_WORKLOADS, TWELVE_MP, WorkloadResult
 
 # Issue 5's "must show" thresholds.
 MIN_END_TO_END_SHARE = 0.85
@@ -23,6 +24,11 @@ MIN_BATCHING_SPEEDUP = 2.5
 MAX_P99_OVER_P50 = 3.0
 MAX_RSS_GROWTH = 0.10
 MAX_LARGEST_DECODE_MS = 60.0
+# Issue 12's "must show" thresholds.
+MIN_SHARE_OF_CEILING = 0.9
+MAX_C1_OVER_BEST_SINGLE_MS = 5.0
+# "No regression" for 12 MP against 38da6f0's defaults, allowing this much run-to-run noise.
+REGRESSION_TOLERANCE = 0.05
 # The service issue's bound on |Δp| between the service and the reference preprocessing.
 PARITY_TOLERANCE = 1e-4
 KIB_PER_MIB = 1024
@@ -86,10 +92,13 @@ class BenchReport:
     ratios: Ratios
     targets: list[Target] = field(default_factory=list)
     cross_checks: list[Target] = field(default_factory=list)
+    workloads: list[WorkloadResult] = field(default_factory=list)
+    workload_targets: list[Target] = field(default_factory=list)
+    skipped_workloads: list[str] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
-        return all(target.passed for target in self.targets)
+        return all(target.passed for target in [*self.targets, *self.workload_targets])
 
     def to_json(self) -> str:
         document = asdict(self)
@@ -256,6 +265,74 @@ def evaluate(ratios: Ratios) -> list[Target]:
         )
     )
     return targets
+
+
+def evaluate_workloads(results: Sequence[WorkloadResult]) -> list[Target]:
+    """Issue 12's targets per workload; a missing level fails its target."""
+    targets = []
+    nan = float("nan")
+    for result in results:
+        c1, c16 = result.level(1), result.level(COMPARISON_CONCURRENCY)
+        ceiling = result.ceiling
+        if result.name in THROUGHPUT_TARGET_WORKLOADS:
+            targets.append(
+                _check(
+                    f"{result.name}: c={COMPARISON_CONCURRENCY} ÷ in-process ceiling",
+                    _ratio(c16.images_per_s, ceiling.images_per_s, 3) if c16 else nan,
+                    f">= {MIN_SHARE_OF_CEILING}",
+                    lambda value: value >= MIN_SHARE_OF_CEILING,
+                    f"{c16.images_per_s if c16 else nan} ÷ {ceiling.images_per_s} images/s ({ceiling.callers} callers "
+                    f"× batch {ceiling.batch_size}, one session, 1 thread per run); others' CPU "
+                    f"{c16.others_cpu_percent if c16 else nan}% / {ceiling.others_cpu_percent}%",
+                )
+            )
+        best = result.best_single_image
+        targets.append(
+            _check(
+                f"{result.name}: c=1 p50 − best in-process single image, ms",
+                round(c1.latency.p50 - best.p50_ms, 2) if c1 else nan,
+                f"<= {MAX_C1_OVER_BEST_SINGLE_MS:g}",
+                lambda value: value <= MAX_C1_OVER_BEST_SINGLE_MS,
+                f"{c1.latency.p50 if c1 else nan} − {best.p50_ms} ms ({best.setting})",
+            )
+        )
+        targets.append(
+            _check(
+                f"{result.name}: c={COMPARISON_CONCURRENCY} p99 ÷ p50",
+                _ratio(c16.latency.p99, c16.latency.p50, 2) if c16 else nan,
+                f"<= {MAX_P99_OVER_P50:g}",
+                lambda value: value <= MAX_P99_OVER_P50,
+                f"p99 {c16.latency.p99 if c16 else nan} ms, p50 {c16.latency.p50 if c16 else nan} ms",
+            )
+        )
+        if result.name == TWELVE_MP:
+            targets += _regression_checks(result)
+    errors = sum(level.errors for result in results for level in [*result.levels, *result.baseline_levels])
+    targets.append(_check("errors under load, workloads", errors, "== 0", lambda value: value == 0, "every level"))
+    return targets
+
+
+def _regression_checks(result: WorkloadResult) -> list[Target]:
+    nan = float("nan")
+    c1, c16 = result.level(1), result.level(COMPARISON_CONCURRENCY)
+    old_c1, old_c16 = result.level(1, baseline=True), result.level(COMPARISON_CONCURRENCY, baseline=True)
+    return [
+        _check(
+            f"{result.name}: c={COMPARISON_CONCURRENCY} images/s ÷ 38da6f0 defaults",
+            _ratio(c16.images_per_s, old_c16.images_per_s, 3) if c16 and old_c16 else nan,
+            f">= {1 - REGRESSION_TOLERANCE:g}",
+            lambda value: value >= 1 - REGRESSION_TOLERANCE,
+            f"{c16.images_per_s if c16 else nan} vs {old_c16.images_per_s if old_c16 else nan} images/s; "
+            f"no regression, within {REGRESSION_TOLERANCE:.0%} noise",
+        ),
+        _check(
+            f"{result.name}: c=1 p50 ÷ 38da6f0 defaults",
+            _ratio(c1.latency.p50, old_c1.latency.p50, 3) if c1 and old_c1 else nan,
+            f"<= {1 + REGRESSION_TOLERANCE:g}",
+            lambda value: value <= 1 + REGRESSION_TOLERANCE,
+            f"{c1.latency.p50 if c1 else nan} vs {old_c1.latency.p50 if old_c1 else nan} ms",
+        ),
+    ]
 
 
 def cross_check(ratios: Ratios) -> list[Target]:

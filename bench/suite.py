@@ -38,7 +38,9 @@ from bench.inprocess import (
 )
 from bench.modelfile import ModelFile, prepare_model
 from bench.plan import COMPARISON_CONCURRENCY, Device, PipelineSetting, Plan
-from bench.report import BenchReport, compute_ratios, cross_check, evaluate
+from bench.procfs import cpu_model_name
+from bench.report import BenchReport, compute_ratios, cross_check, evaluate, evaluate_workloads
+from bench.workloads import load_workloads, run_workloads
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +72,7 @@ def run_suite(options: Options) -> BenchReport:
     model_file = prepare_model(options.model, options.cache_dir)
     logger.info("model: %s (%s)", model_file.path, model_file.note)
     images = image_set(options.cache_dir, plan.images_per_size)
+    workloads, skipped_workloads = load_workloads(images, plan.workload_photo_limit)
     base = service_settings(model_file.path, providers, options.server_env)
 
     models: dict[int, OnnxModel] = {}
@@ -138,6 +141,8 @@ def run_suite(options: Options) -> BenchReport:
                 batched.run_level(concurrency, body)
                 if concurrency == COMPARISON_CONCURRENCY:
                     unbatched.run_level(concurrency, body)
+        # Before the results, so the batched server's RSS after the run includes the workloads.
+        workload_results = run_workloads(workloads, base, model, plan, batched, env, run_dir)
         batched_result, unbatched_result = batched.result(), unbatched.result()
     del model
     gc.collect()
@@ -151,6 +156,8 @@ def run_suite(options: Options) -> BenchReport:
     noise += [row.others_cpu_percent for row in model_speed]
     noise += [row.others_cpu_percent for result in pipeline for row in result.rounds]
     noise += [level.others_cpu_percent for server in (batched_result, unbatched_result) for level in server.levels]
+    noise += [row.ceiling.others_cpu_percent for row in workload_results]
+    noise += [level.others_cpu_percent for row in workload_results for level in [*row.levels, *row.baseline_levels]]
     meta["others_cpu_percent_mean"] = round(sum(noise) / len(noise), 1)
     meta["others_cpu_percent_max"] = max(noise)
     return BenchReport(
@@ -165,6 +172,9 @@ def run_suite(options: Options) -> BenchReport:
         ratios=ratios,
         targets=evaluate(ratios),
         cross_checks=cross_check(ratios),
+        workloads=workload_results,
+        workload_targets=evaluate_workloads(workload_results),
+        skipped_workloads=skipped_workloads,
     )
 
 
@@ -225,13 +235,8 @@ def _meta(
 
 
 def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+    name = cpu_model_name()
+    return platform.processor() or name if name == "unknown CPU" else name
 
 
 def _load_average() -> list[float]:

@@ -127,6 +127,8 @@ def render(report: BenchReport) -> str:
                 for level in server.levels
             ],
         ),
+        _workloads_table(report),
+        _targets_table("Targets (issue 12, per workload)", report.workload_targets),
         _targets_table("Targets (issue 5)", report.targets),
         _targets_table(
             "Cross-checks from CPU time per image (informational: what the ratios would be on an idle machine)",
@@ -134,6 +136,63 @@ def render(report: BenchReport) -> str:
         ),
     ]
     return "\n".join(sections)
+
+
+def _workloads_table(report: BenchReport) -> str:
+    """Issue 12's workloads: the ceiling, the best single image, and the server at c=1 and c=16."""
+    rows: list[list[Cell]] = []
+    for result in report.workloads:
+        best = result.best_single_image
+        for server, levels in (("ours", result.levels), ("38da6f0 defaults", result.baseline_levels)):
+            for level in levels:
+                rows.append(
+                    [
+                        result.name,
+                        f"{result.images} ({result.median_megapixels} MP)",
+                        server,
+                        level.concurrency,
+                        level.images_per_s,
+                        round(level.images_per_s / result.ceiling.images_per_s, 3)
+                        if result.ceiling.images_per_s
+                        else float("nan"),
+                        level.latency.p50,
+                        round(level.latency.p50 - best.p50_ms, 1),
+                        level.latency.p99,
+                        level.errors,
+                        level.server_cpu_ms_per_image,
+                        level.others_cpu_percent,
+                        round(level.rss_kib / KIB_PER_MIB),
+                    ]
+                )
+    ceilings = "; ".join(
+        f"{result.name} {result.ceiling.images_per_s} images/s ({result.ceiling.cpu_ms_per_image} CPU ms/image), "
+        f"best single image p50 {result.best_single_image.p50_ms} ms ({result.best_single_image.setting})"
+        for result in report.workloads
+    )
+    skipped = "".join(f"\n- {message}" for message in report.skipped_workloads)
+    return (
+        table(
+            "Workloads (issue 12): end to end vs the in-process ceiling "
+            "(one caller per core, one session, decode+preprocess then one batch)",
+            [
+                "workload",
+                "images",
+                "server",
+                "c",
+                "images/s",
+                "÷ ceiling",
+                "p50 ms",
+                "p50 − best single ms",
+                "p99 ms",
+                "errors",
+                "server CPU ms/image",
+                "others CPU %",
+                "RSS MiB",
+            ],
+            rows,
+        )
+        + f"\n- ceilings and single-image references: {ceilings}{skipped}\n"
+    )
 
 
 def _targets_table(title: str, targets: Sequence[Target]) -> str:
@@ -230,7 +289,7 @@ def summary(report: BenchReport) -> str:
             )
     rows += [
         [f"{target.name}", f"{_cell(target.value)} ({target.target}): {'PASS' if target.passed else 'FAIL'}"]
-        for target in [*report.targets, *report.cross_checks]
+        for target in [*report.workload_targets, *report.targets, *report.cross_checks]
     ]
     return table("Summary", ["measure", "value"], rows)
 

@@ -47,5 +47,15 @@ def test_quick_benchmark_writes_every_section(served_model_path: Path, tmp_path:
         "c=16 batching ceiling, Amdahl estimate (multipart)",
         "c=16 batching ceiling, Amdahl estimate (raw)",
     ]
+    workloads = {workload["name"]: workload for workload in report["workloads"]}
+    assert len(workloads) + len(report["skipped_workloads"]) == 3, "photos, sample and 12 MP: run or said skipped"
+    for workload in workloads.values():
+        assert workload["ceiling"]["images_per_s"] > 0, workload["name"]
+        assert [level["concurrency"] for level in workload["levels"]] == [1, 16], workload["name"]
+        assert all(level["workload"] == workload["name"] for level in workload["levels"])
+    assert [level["concurrency"] for level in workloads["12mp"]["baseline_levels"]] == [1, 16]
+    workload_targets = {target["name"]: target for target in report["workload_targets"]}
+    assert workload_targets["errors under load, workloads"]["value"] == 0
+    assert "12mp: c=16 images/s ÷ 38da6f0 defaults" in workload_targets
     assert output.with_suffix(".md").read_text().startswith("## alexnet-serve benchmark")
     assert "images/s" in result.stdout

@@ -1,0 +1,172 @@
+"""Issue 12's workload targets: arithmetic over a run's figures, and the workload set itself."""
+
+from __future__ import annotations
+
+import io
+import math
+from pathlib import Path
+from typing import cast
+
+import numpy as np
+from PIL import Image
+
+from app.config import CPU_PROVIDER
+from app.inference import OnnxModel
+from bench.endtoend import LevelResult
+from bench.images import BenchImage
+from bench.inprocess import service_settings
+from bench.report import evaluate_workloads
+from bench.standin import standin_card
+from bench.stats import LatencySummary
+from bench.workloads import (
+    PHOTOS,
+    SAMPLE,
+    TWELVE_MP,
+    BestSingleImage,
+    Ceiling,
+    WorkloadResult,
+    baseline_env,
+    every_nth,
+    load_workloads,
+    measure_ceiling,
+)
+
+
+def _level(concurrency: int, images_per_s: float, p50: float, p99: float, errors: int = 0) -> LevelResult:
+    return LevelResult(
+        concurrency=concurrency,
+        body="multipart",
+        images_per_s=images_per_s,
+        latency=LatencySummary(count=100, p50=p50, p95=p99, p99=p99, mean=p50, max=p99),
+        requests=100,
+        errors=errors,
+        error_samples=[],
+        mean_batch_size=1.0,
+        inference_busy_percent=50.0,
+        server_cpu_percent=190.0,
+        server_cpu_ms_per_image=20.0,
+        client_cpu_percent=5.0,
+        others_cpu_percent=10.0,
+        stage_means_ms={},
+        outside_runtime_ms=1.0,
+        rss_kib=300_000,
+        samples=[],
+        workload="w",
+    )
+
+
+def _result(name: str, levels: list[LevelResult], baseline: list[LevelResult] | None = None) -> WorkloadResult:
+    return WorkloadResult(
+        name=name,
+        description=name,
+        images=10,
+        median_megapixels=0.19,
+        ceiling=Ceiling(
+            callers=2,
+            batch_size=8,
+            images_per_s=80.0,
+            images=640,
+            seconds=8.0,
+            cpu_ms_per_image=24.0,
+            others_cpu_percent=5.0,
+        ),
+        best_single_image=BestSingleImage(p50_ms=24.0, setting="intra_op_threads=2", by_setting_p50_ms={}),
+        levels=levels,
+        baseline_levels=baseline or [],
+    )
+
+
+def _targets(results: list[WorkloadResult]) -> dict[str, tuple[float, bool]]:
+    return {target.name: (target.value, target.passed) for target in evaluate_workloads(results)}
+
+
+def test_photos_pass_at_nine_tenths_of_the_ceiling_and_five_ms_over_the_best_single_image() -> None:
+    targets = _targets([_result(PHOTOS, [_level(1, 30.0, 29.0, 40.0), _level(16, 72.0, 200.0, 600.0)])])
+    assert targets == {
+        "photos: c=16 ÷ in-process ceiling": (0.9, True),
+        "photos: c=1 p50 − best in-process single image, ms": (5.0, True),
+        "photos: c=16 p99 ÷ p50": (3.0, True),
+        "errors under load, workloads": (0, True),
+    }
+
+
+def test_the_sample_fails_below_the_ceiling_share_and_with_errors() -> None:
+    targets = _targets([_result(SAMPLE, [_level(1, 30.0, 29.5, 40.0), _level(16, 71.0, 200.0, 660.0, errors=2)])])
+    assert targets["sample: c=16 ÷ in-process ceiling"] == (0.887, False)
+    assert targets["sample: c=1 p50 − best in-process single image, ms"] == (5.5, False)
+    assert targets["sample: c=16 p99 ÷ p50"] == (3.3, False)
+    assert targets["errors under load, workloads"] == (2, False)
+
+
+def test_twelve_megapixels_is_compared_with_the_old_defaults_not_the_ceiling() -> None:
+    ours = [_level(1, 5.0, 150.0, 200.0), _level(16, 9.6, 1500.0, 2000.0)]
+    old = [_level(1, 4.0, 145.0, 190.0), _level(16, 10.0, 1600.0, 2100.0)]
+    targets = _targets([_result(TWELVE_MP, ours, old)])
+    assert "12mp: c=16 ÷ in-process ceiling" not in targets
+    assert targets["12mp: c=16 images/s ÷ 38da6f0 defaults"] == (0.96, True)
+    assert targets["12mp: c=1 p50 ÷ 38da6f0 defaults"] == (1.034, True)
+
+
+def test_a_missing_level_fails_its_target() -> None:
+    targets = _targets([_result(PHOTOS, [_level(1, 30.0, 29.0, 40.0)])])
+    value, passed = targets["photos: c=16 ÷ in-process ceiling"]
+    assert math.isnan(value)
+    assert not passed
+
+
+def test_the_old_defaults_pin_one_inference_run_on_half_the_cores_and_full_decoding() -> None:
+    env = baseline_env(4)
+    assert env["ALEXNET_FAST_JPEG_DECODE"] == "false"
+    assert env["ALEXNET_INTRA_OP_THREADS"] == "2"
+    assert env["ALEXNET_INFERENCE_INSTANCES"] == "1"
+    assert baseline_env(1)["ALEXNET_INTRA_OP_THREADS"] == "1"
+
+
+def test_workloads_take_the_largest_generated_size_for_twelve_megapixels(tmp_path: Path) -> None:
+    mix = [
+        BenchImage("small.jpg", tmp_path / "small.jpg", 640, 480, b""),
+        BenchImage("large.jpg", tmp_path / "large.jpg", 4000, 3000, b""),
+    ]
+    workloads, skipped = load_workloads(mix, photo_limit=3)
+    by_name = {workload.name: workload for workload in workloads}
+    assert [image.name for image in by_name[TWELVE_MP].images] == ["large.jpg"]
+    # The real photos and the sample are found where the shared folders exist, or named as skipped.
+    assert len(workloads) + len(skipped) == 3
+    if PHOTOS in by_name:
+        assert len(by_name[PHOTOS].images) == 3
+    if SAMPLE in by_name:
+        assert (by_name[SAMPLE].images[0].width, by_name[SAMPLE].images[0].height) == (500, 375)
+
+
+def test_every_nth_spreads_the_subset_over_the_set(tmp_path: Path) -> None:
+    images = [BenchImage(f"{index}", tmp_path, 1, 1, b"") for index in range(10)]
+    assert [image.name for image in every_nth(images, 3)] == ["0", "3", "6"]
+    assert len(every_nth(images, 20)) == 10
+
+
+class _CountingModel:
+    """Stands in for an OnnxModel: the BVLC card's preprocessing, and a run that counts its images."""
+
+    def __init__(self) -> None:
+        self.card = standin_card("00" * 32)
+        self.images = 0
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        self.images += len(batch)
+        return batch
+
+
+def test_the_ceiling_measures_whole_batches_of_every_caller(tmp_path: Path) -> None:
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 48), (200, 10, 10)).save(buffer, format="JPEG")
+    image = BenchImage("red.jpg", tmp_path / "red.jpg", 64, 48, buffer.getvalue())
+    model = _CountingModel()
+    settings = service_settings(tmp_path / "unused.onnx", [CPU_PROVIDER], {})
+    ceiling = measure_ceiling(
+        [image], cast(OnnxModel, model), settings, callers=2, batch_size=3, warmup_seconds=0.05, seconds=0.2
+    )
+    assert ceiling.images % 3 == 0
+    assert ceiling.images >= 6, "each caller measures at least one batch"
+    assert model.images >= ceiling.images, "batches in the warm-up ran but are not counted"
+    assert ceiling.images_per_s > 0
+    assert ceiling.cpu_ms_per_image > 0
