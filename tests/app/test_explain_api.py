@@ -24,8 +24,8 @@ from app.config import CPU_PROVIDER
 from app.explain import MAX_GRID, NORMALISATION, OVERLAY_SCALE
 from app.inference import UNTRAINED_WARNING, OnnxModel
 from app.main import create_app
-from app.preprocessing import DecodedImage, decode_image
 from app.routes.explain import REGION_HEADER, TEXT_HEADER, wants_png
+from app.runtime import prepare_image
 from model.export import ExportSummary
 from model.metadata import BVLC_PREPROCESSING
 from tests.app.reference_preprocessing import bvlc_reference_tensor
@@ -165,13 +165,13 @@ def test_png_only_when_accept_prefers_it(accept: str, png: bool) -> None:
 
 def test_the_image_is_decoded_once(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[int] = []
-    original = decode_image
+    original = prepare_image
 
-    def counted(data: bytes, **kwargs: Any) -> DecodedImage:
+    def counted(data: bytes, *args: Any, **kwargs: Any) -> tuple[npt.NDArray[np.float32], float, float]:
         calls.append(len(data))
-        return original(data, **kwargs)
+        return original(data, *args, **kwargs)
 
-    monkeypatch.setattr(app.runtime, "decode_image", counted)
+    monkeypatch.setattr(app.runtime, "prepare_image", counted)
     assert client.post("/v1/explain?grid=4", **raw(jpeg())).status_code == 200
     assert calls == [len(jpeg())]
 
