@@ -51,6 +51,12 @@ class InvalidParameterError(ServiceError):
     code = "invalid_parameter"
 
 
+class MalformedRequestError(InvalidParameterError):
+    """The body cannot be read as the protocol's request at all (Bad Request, not Unprocessable)."""
+
+    code = "malformed_request"
+
+
 class ModelNotReadyError(ServiceError):
     code = "model_not_ready"
 
@@ -85,6 +91,7 @@ class ModelLoadError(Exception):
 
 STATUS_BY_ERROR: dict[type[ServiceError], int] = {
     InvalidImageError: 400,
+    MalformedRequestError: 400,
     UnauthorizedError: 401,
     PayloadTooLargeError: 413,
     ImageTooLargeError: 413,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 import struct
 from dataclasses import dataclass
 from typing import Any
@@ -17,7 +18,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from app.errors import InvalidParameterError
+from app.errors import MalformedRequestError
 from model.metadata import Label
 
 HEADER_LENGTH = "inference-header-content-length"
@@ -25,6 +26,8 @@ BINARY_CONTENT_TYPE = "application/octet-stream"
 JSON_CONTENT_TYPE = "application/json"
 
 FloatArray = npt.NDArray[np.float32]
+# The largest finite float32; JSON numbers beyond it would silently become infinities.
+FP32_MAX = float(np.finfo(np.float32).max)
 
 
 @dataclass(frozen=True)
@@ -51,28 +54,37 @@ class InferRequest:
 
 
 def parse_infer_request(body: bytes, header_length: str | None, output_name: str) -> InferRequest:
-    """Parse a JSON (optionally binary-extended) infer request; raises `InvalidParameterError`."""
+    """Parse a JSON (optionally binary-extended) infer request; raises `MalformedRequestError` (400).
+
+    Every other failure is the caller's input too: nothing here may raise anything else (fuzzed in
+    tests/app/test_v2_codec_fuzz.py).
+    """
     json_part, binary_part = _split_body(body, header_length)
     try:
         document = json.loads(json_part)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise InvalidParameterError(f"the request is not valid JSON: {error}") from None
+    except RecursionError:
+        raise MalformedRequestError("the request JSON is nested too deeply") from None
+    except ValueError as error:  # JSONDecodeError, UnicodeDecodeError, and integers over 4300 digits
+        raise MalformedRequestError(f"the request is not valid JSON: {error}") from None
     if not isinstance(document, dict) or not isinstance(document.get("inputs"), list) or not document["inputs"]:
-        raise InvalidParameterError("the request needs a non-empty 'inputs' list")
+        raise MalformedRequestError("the request needs a non-empty 'inputs' list")
     request_binary = bool(_parameters(document).get("binary_data_output", False))
     offset = 0
     inputs = []
     for raw in document["inputs"]:
-        tensor, offset = _parse_input(raw, binary_part, offset)
+        tensor, offset = _parse_input(raw, binary_part, offset, len(body))
         inputs.append(tensor)
     if offset != len(binary_part):
-        raise InvalidParameterError(f"{len(binary_part) - offset} bytes of binary data belong to no input")
-    outputs = [_parse_output(raw, request_binary) for raw in document.get("outputs") or []]
+        raise MalformedRequestError(f"{len(binary_part) - offset} bytes of binary data belong to no input")
+    requested = document.get("outputs") or []
+    if not isinstance(requested, list):
+        raise MalformedRequestError("'outputs' must be a list")
+    outputs = [_parse_output(raw, request_binary) for raw in requested]
     if not outputs:
         outputs = [RequestedOutput(name=output_name, classification=0, binary=request_binary)]
     for output in outputs:
         if output.name != output_name:
-            raise InvalidParameterError(f"unknown output {output.name!r}; this model has {output_name!r}")
+            raise MalformedRequestError(f"unknown output {output.name!r}; this model has {output_name!r}")
     request_id = document.get("id")
     return InferRequest(id=str(request_id) if request_id is not None else None, inputs=inputs, outputs=outputs)
 
@@ -80,8 +92,15 @@ def parse_infer_request(body: bytes, header_length: str | None, output_name: str
 def _split_body(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
     if header_length is None:
         return body, b""
-    if not header_length.isdigit() or int(header_length) > len(body):
-        raise InvalidParameterError(f"{HEADER_LENGTH} {header_length!r} does not fit the {len(body)}-byte body")
+    # isdigit() alone accepts "²" and other digits int() refuses; the length check keeps int() cheap.
+    if (
+        not (header_length.isascii() and header_length.isdigit())
+        or len(header_length) > len(str(len(body)))
+        or int(header_length) > len(body)
+    ):
+        raise MalformedRequestError(
+            f"{HEADER_LENGTH} must be a byte count that fits the {len(body)}-byte body, not {header_length[:40]!r}"
+        )
     split = int(header_length)
     return body[:split], body[split:]
 
@@ -89,55 +108,76 @@ def _split_body(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
 def _parameters(raw: dict[str, Any]) -> dict[str, Any]:
     parameters = raw.get("parameters") or {}
     if not isinstance(parameters, dict):
-        raise InvalidParameterError("'parameters' must be an object")
+        raise MalformedRequestError("'parameters' must be an object")
     return parameters
 
 
-def _parse_input(raw: object, binary_part: bytes, offset: int) -> tuple[TensorInput, int]:
+def _parse_input(raw: object, binary_part: bytes, offset: int, body_size: int) -> tuple[TensorInput, int]:
     if not isinstance(raw, dict):
-        raise InvalidParameterError("each input must be an object")
+        raise MalformedRequestError("each input must be an object")
     name, datatype, shape = raw.get("name"), raw.get("datatype"), raw.get("shape")
     if not isinstance(name, str) or not isinstance(datatype, str):
-        raise InvalidParameterError("each input needs a 'name' and a 'datatype'")
+        raise MalformedRequestError("each input needs a 'name' and a 'datatype'")
     if not isinstance(shape, list) or not all(isinstance(dim, int) and dim >= 0 for dim in shape):
-        raise InvalidParameterError(f"input {name!r}: 'shape' must be a list of non-negative integers")
+        raise MalformedRequestError(f"input {name!r}: 'shape' must be a list of non-negative integers")
+    # Python integers: numpy's int64 product would wrap around ([2**32, 2**32] has "0" elements). Every
+    # element takes at least a byte of the body, so this bounds what the data may hold before reading it.
+    count = math.prod(shape)
+    if count > body_size:
+        raise MalformedRequestError(
+            f"input {name!r}: shape {shape} has {count} elements, more than a {body_size}-byte request can hold"
+        )
     size = _parameters(raw).get("binary_data_size")
     if size is not None:
         if not isinstance(size, int) or size < 0 or offset + size > len(binary_part):
-            raise InvalidParameterError(f"input {name!r}: binary_data_size {size!r} overruns the binary data")
+            raise MalformedRequestError(f"input {name!r}: binary_data_size {size!r} overruns the binary data")
         payload: bytes | list[Any] = binary_part[offset : offset + size]
         offset += size
     elif "data" in raw:
-        payload = _flatten(raw["data"])
+        payload = _flatten(name, raw["data"], count)
     else:
-        raise InvalidParameterError(f"input {name!r} has neither 'data' nor binary data")
-    count = int(np.prod(shape)) if shape else 1
+        raise MalformedRequestError(f"input {name!r} has neither 'data' nor binary data")
     if datatype == "FP32":
         return TensorInput(name, datatype, shape, floats=_floats(name, payload, count, shape)), offset
     if datatype == "BYTES":
         return TensorInput(name, datatype, shape, blobs=_blobs(name, payload, count)), offset
-    raise InvalidParameterError(f"input {name!r}: datatype {datatype!r} is not supported; send FP32 or BYTES")
+    raise MalformedRequestError(f"input {name!r}: datatype {datatype!r} is not supported; send FP32 or BYTES")
 
 
-def _flatten(data: object) -> list[Any]:
-    if not isinstance(data, list):
-        return [data]
+def _flatten(name: str, data: object, count: int) -> list[Any]:
+    """The elements of `data` (flat, or nested as Triton clients send it), refused once past `count`.
+
+    Iterative, so a deeply nested body cannot exhaust the stack, and it stops at the declared element
+    count instead of copying whatever the body holds.
+    """
     flat: list[Any] = []
-    for item in data:
-        flat.extend(_flatten(item) if isinstance(item, list) else [item])
+    # Iterators of the lists being walked, innermost last.
+    pending = [iter(data if isinstance(data, list) else [data])]
+    while pending:
+        item = next(pending[-1], pending)
+        if item is pending:
+            pending.pop()
+        elif isinstance(item, list):
+            pending.append(iter(item))
+        elif len(flat) == count:
+            raise MalformedRequestError(f"input {name!r}: 'data' holds more than the {count} elements of its shape")
+        else:
+            flat.append(item)
     return flat
 
 
 def _floats(name: str, payload: bytes | list[Any], count: int, shape: list[int]) -> FloatArray:
     if isinstance(payload, bytes):
         if len(payload) != count * 4:
-            raise InvalidParameterError(f"input {name!r}: {len(payload)} bytes do not hold {count} FP32 values")
+            raise MalformedRequestError(f"input {name!r}: {len(payload)} bytes do not hold {count} FP32 values")
         values = np.frombuffer(payload, dtype="<f4")
     else:
         if len(payload) != count or not all(
             isinstance(value, int | float) and not isinstance(value, bool) for value in payload
         ):
-            raise InvalidParameterError(f"input {name!r}: expected {count} numbers for shape {shape}")
+            raise MalformedRequestError(f"input {name!r}: expected {count} numbers for shape {shape}")
+        if not all(-FP32_MAX <= value <= FP32_MAX for value in payload):  # NaN fails both comparisons
+            raise MalformedRequestError(f"input {name!r}: FP32 values must be finite and within +-{FP32_MAX:.4g}")
         values = np.asarray(payload, dtype=np.float32)
     return values.astype(np.float32, copy=False).reshape(shape)
 
@@ -148,32 +188,32 @@ def _blobs(name: str, payload: bytes | list[Any], count: int) -> list[bytes]:
         offset = 0
         while offset < len(payload):
             if offset + 4 > len(payload):
-                raise InvalidParameterError(f"input {name!r}: truncated BYTES element length")
+                raise MalformedRequestError(f"input {name!r}: truncated BYTES element length")
             (length,) = struct.unpack_from("<I", payload, offset)
             offset += 4
             if offset + length > len(payload):
-                raise InvalidParameterError(f"input {name!r}: BYTES element overruns the binary data")
+                raise MalformedRequestError(f"input {name!r}: BYTES element overruns the binary data")
             blobs.append(payload[offset : offset + length])
             offset += length
     else:
         if not all(isinstance(value, str) for value in payload):
-            raise InvalidParameterError(f"input {name!r}: BYTES data in JSON must be base64 strings")
+            raise MalformedRequestError(f"input {name!r}: BYTES data in JSON must be base64 strings")
         try:
             blobs = [base64.b64decode(value, validate=True) for value in payload]
         except binascii.Error:
-            raise InvalidParameterError(f"input {name!r}: BYTES data in JSON must be base64-encoded images") from None
+            raise MalformedRequestError(f"input {name!r}: BYTES data in JSON must be base64-encoded images") from None
     if len(blobs) != count:
-        raise InvalidParameterError(f"input {name!r}: {len(blobs)} elements do not match its shape ({count})")
+        raise MalformedRequestError(f"input {name!r}: {len(blobs)} elements do not match its shape ({count})")
     return blobs
 
 
 def _parse_output(raw: object, request_binary: bool) -> RequestedOutput:
     if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
-        raise InvalidParameterError("each requested output needs a 'name'")
+        raise MalformedRequestError("each requested output needs a 'name'")
     parameters = _parameters(raw)
     classification = parameters.get("classification", 0)
     if not isinstance(classification, int) or isinstance(classification, bool) or classification < 0:
-        raise InvalidParameterError("'classification' must be a non-negative integer")
+        raise MalformedRequestError("'classification' must be a non-negative integer")
     binary = bool(parameters.get("binary_data", request_binary))
     return RequestedOutput(name=raw["name"], classification=classification, binary=binary)
 

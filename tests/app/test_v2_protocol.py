@@ -9,7 +9,7 @@ import struct
 import numpy as np
 import pytest
 
-from app.errors import InvalidParameterError
+from app.errors import MalformedRequestError
 from app.v2_protocol import (
     BINARY_CONTENT_TYPE,
     JSON_CONTENT_TYPE,
@@ -79,7 +79,7 @@ def test_json_bytes_are_base64() -> None:
         (_json({"inputs": [{"name": "x", "datatype": "FP32", "shape": [-1], "data": [1]}]}), None, "non-negative"),
         (_json({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1]}]}), None, "neither 'data'"),
         (_json({"inputs": [{"name": "x", "datatype": "BYTES", "shape": [1], "data": ["%%"]}]}), None, "base64"),
-        (b"{}", "999", "does not fit"),
+        (b"{}", "999", "must be a byte count that fits the 2-byte body, not '999'"),
         (
             _json(
                 {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [1]}], "outputs": [{"name": "y"}]}
@@ -89,14 +89,21 @@ def test_json_bytes_are_base64() -> None:
         ),
     ],
 )
-def test_malformed_requests_are_invalid_parameters(body: bytes, header_length: str | None, message: str) -> None:
-    with pytest.raises(InvalidParameterError, match=message):
+def test_malformed_requests_are_malformed_request_errors(body: bytes, header_length: str | None, message: str) -> None:
+    with pytest.raises(MalformedRequestError, match=message):
         parse_infer_request(body, header_length, OUTPUT)
+
+
+# "²" is what a 0xb2 header byte reads as (HTTP headers are latin-1): str.isdigit() says yes, int() says no.
+@pytest.mark.parametrize("header_length", ["\u00b2", "\u0663", "-1", " 2", "2" * 5000])
+def test_header_length_must_be_ascii_digits_that_fit(header_length: str) -> None:
+    with pytest.raises(MalformedRequestError, match="must be a byte count that fits the 2-byte body"):
+        parse_infer_request(b"{}", header_length, OUTPUT)
 
 
 def test_trailing_binary_data_is_rejected() -> None:
     header = _json({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [1]}]})
-    with pytest.raises(InvalidParameterError, match="4 bytes of binary data belong to no input"):
+    with pytest.raises(MalformedRequestError, match="4 bytes of binary data belong to no input"):
         parse_infer_request(header + b"\0\0\0\0", str(len(header)), OUTPUT)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -105,6 +106,30 @@ def test_bad_requests_are_422_in_protocol_shape(client: TestClient, document: ob
     response = client.post("/v2/models/alexnet/infer", json=document)
     assert response.status_code == 422
     assert response.json() == {"error": message}
+
+
+def _fp32_input(shape: object, data: str) -> bytes:
+    return b'{"inputs": [{"name": "image", "datatype": "FP32", "shape": %s, "data": %s}]}' % (
+        json.dumps(shape).encode(),
+        data.encode(),
+    )
+
+
+@pytest.mark.parametrize(
+    ("body", "headers", "message"),
+    [
+        (b"[" * 100_000, {}, "the request JSON is nested too deeply"),
+        (b"[" * 1000 + b"]" * 1000, {}, "the request JSON is nested too deeply"),
+        (_fp32_input([2**32, 2**32], "[]"), {}, "shape [4294967296, 4294967296] has 18446744073709551616 elements"),
+        (_fp32_input([1], "[1" + "0" * 400 + "]"), {}, "FP32 values must be finite and within"),
+    ],
+)
+def test_undecodable_requests_are_400_in_protocol_shape(
+    client: TestClient, body: bytes, headers: dict[str, str], message: str
+) -> None:
+    response = client.post("/v2/models/alexnet/infer", content=body, headers=headers)
+    assert response.status_code == 400
+    assert message in response.json()["error"]
 
 
 def test_undecodable_image_is_400(client: TestClient) -> None:
