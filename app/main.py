@@ -18,7 +18,7 @@ from app.errors import install_error_handlers
 from app.inference import OnnxModel, load_model
 from app.limits import BodySizeLimitMiddleware
 from app.metrics import Metrics
-from app.request_context import RequestContextMiddleware
+from app.request_context import RequestContextMiddleware, UnexpectedErrorMiddleware
 from app.routes import explain, health, metrics, models, predict, v2, web
 from app.runtime import Runtime
 
@@ -59,6 +59,8 @@ def create_app(
         description=DESCRIPTION,
         lifespan=lifespan,
     )
+    # Added first = innermost: an unexpected error's 500 then passes through all the others (CORS, request ID).
+    app.add_middleware(UnexpectedErrorMiddleware)
     # Added last = outermost: request IDs and metrics cover every response, 413s included.
     app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_body_bytes)
     if settings.cors_origins:

@@ -9,8 +9,10 @@ import uuid
 from contextvars import ContextVar
 from typing import Any
 
+from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.errors import INTERNAL_ERROR_MESSAGE, error_body
 from app.metrics import Metrics
 
 REQUEST_ID_HEADER = "x-request-id"
@@ -20,6 +22,7 @@ _VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 request_id_var: ContextVar[str] = ContextVar("request_id", default="-")
 access_logger = logging.getLogger("app.access")
+logger = logging.getLogger(__name__)
 
 
 class RequestIdFilter(logging.Filter):
@@ -92,3 +95,36 @@ class RequestContextMiddleware:
                 },
             )
             request_id_var.reset(token)
+
+
+class UnexpectedErrorMiddleware:
+    """The innermost middleware: an unexpected exception becomes the 500 error body right here.
+
+    Starlette's handler for `Exception` runs outside every middleware, after the request ID is gone: its
+    500 had no `X-Request-ID` and no CORS headers, and the traceback was logged twice with request id "-".
+    Answered here, the 500 passes back through CORS and the request context like any other response, and
+    the traceback is logged once, with the request's ID.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        response_started = False
+
+        async def send_tracking_start(message: Message) -> None:
+            nonlocal response_started
+            response_started = response_started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_tracking_start)
+        except Exception:
+            if response_started:
+                raise  # too late for an error body; the server closes the connection
+            logger.exception("unhandled error on %s %s", scope["method"], scope["path"])
+            body = error_body("internal_error", INTERNAL_ERROR_MESSAGE, path=scope["path"])
+            await JSONResponse(body, status_code=500)(scope, receive, send)

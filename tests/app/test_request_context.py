@@ -1,0 +1,46 @@
+"""Request IDs, access log and request metrics hold for every answer, failures included."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+from starlette.testclient import TestClient
+
+from app.errors import INTERNAL_ERROR_MESSAGE
+from app.main import create_app
+from app.request_context import RequestIdFilter
+from app.runtime import Runtime
+from tests.app.service_support import error_body, service_settings, wait_until_ready
+
+ORIGIN = "https://photos.example"
+
+
+def test_an_unexpected_500_keeps_its_request_id_and_cors_headers_and_is_logged_once(
+    served_model_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken_summary(self: Runtime) -> object:
+        raise RuntimeError("password=hunter2")
+
+    settings = service_settings(served_model_path, warmup_runs=0, cors_origins=[ORIGIN])
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        wait_until_ready(client)
+        monkeypatch.setattr(Runtime, "model_summary", broken_summary)
+        caplog.handler.addFilter(RequestIdFilter())
+        with caplog.at_level(logging.INFO):
+            response = client.get("/health", headers={"X-Request-ID": "trace-500", "Origin": ORIGIN})
+
+    assert response.status_code == 500
+    assert response.json() == error_body("internal_error", INTERNAL_ERROR_MESSAGE)
+    assert "hunter2" not in response.text
+    assert response.headers["x-request-id"] == "trace-500"
+    assert response.headers["access-control-allow-origin"] == ORIGIN
+    errors = [record for record in caplog.records if record.levelno >= logging.ERROR]
+    assert [(record.exc_info is not None, getattr(record, "request_id", None)) for record in errors] == [
+        (True, "trace-500")
+    ]
+    access = [record for record in caplog.records if record.name == "app.access"]
+    assert [(record.getMessage().split()[2], getattr(record, "request_id", None)) for record in access] == [
+        ("500", "trace-500")
+    ]
