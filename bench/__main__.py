@@ -1,4 +1,6 @@
-"""`python -m bench [--quick] [--model PATH] [--output PATH] ...`: run the benchmark, print the tables, write JSON."""
+"""`python -m bench [--quick] [--model PATH] [--output PATH] ...`: run the benchmark, print the tables, write JSON.
+
+`python -m bench --peer torchserve`: TorchServe 0.12 and this server on the same network, side by side."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from bench.peer import run_peer
 from bench.plan import CUDA_MODEL_BATCH_SIZES, FULL_PLAN, QUICK_PLAN
 from bench.report import write_json, write_text
 from bench.suite import REPO_ROOT, Options, run_suite
@@ -15,8 +18,12 @@ from bench.tables import render, summary
 
 DEFAULT_OUTPUT = REPO_ROOT / "bench" / "results" / "latest.json"
 DEFAULT_CACHE_DIR = Path(tempfile.gettempdir()) / "alexnet-serve-bench"
+DEFAULT_PEER_TMP = Path(tempfile.gettempdir()) / "torchserve-peer"
+DEFAULT_PEER_OUTPUT = REPO_ROOT / "bench" / "results" / "peer-torchserve.json"
 # Exit status when the run completed but a target failed (distinct from a crash's 1).
 TARGETS_FAILED_EXIT_CODE = 2
+# run.sh's default warm-up, for both servers.
+PEER_WARMUP_S = 3.0
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -44,6 +51,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="every table, or one summary table (the full report is written beside the JSON, as .md)",
     )
     parser.add_argument("--strict", action="store_true", help=f"exit {TARGETS_FAILED_EXIT_CODE} when a target fails")
+    parser.add_argument(
+        "--peer", choices=("torchserve",), help="instead: the peer and this server on the same network (slow)"
+    )
+    parser.add_argument(
+        "--peer-tmp", type=Path, default=DEFAULT_PEER_TMP, help=f"run.sh's PEER_TMP (default {DEFAULT_PEER_TMP})"
+    )
+    parser.add_argument("--peer-seconds", type=float, default=15.0, help="measured seconds per level (peer mode)")
     return parser.parse_args(argv)
 
 
@@ -63,6 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr)
     # The app's own startup warnings (untrained weights) repeat once per session; the report says it once.
     logging.getLogger("app").setLevel(logging.ERROR)
+    if args.peer is not None:
+        output = DEFAULT_PEER_OUTPUT if args.output == DEFAULT_OUTPUT else args.output
+        return run_peer(args.peer_tmp, args.cache_dir, output, seconds=args.peer_seconds, warmup_s=PEER_WARMUP_S)
     plan = QUICK_PLAN if args.quick else FULL_PLAN
     if args.device == "cuda":
         plan = plan.with_batch_sizes(CUDA_MODEL_BATCH_SIZES)
