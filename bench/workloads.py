@@ -200,7 +200,8 @@ class WorkloadResult:
 
 
 def baseline_env(cpu_count: int) -> dict[str, str]:
-    """The server's defaults at 38da6f0, before issue 12: full decode, half the cores for one inference run."""
+    """The server's defaults at 38da6f0, before issue 12: full decode, half the cores for one inference run at a
+    time, no separate session for lone requests."""
     return {
         "ALEXNET_FAST_JPEG_DECODE": "false",
         "ALEXNET_INTRA_OP_THREADS": str(max(1, cpu_count // 2)),
@@ -208,6 +209,7 @@ def baseline_env(cpu_count: int) -> dict[str, str]:
         "ALEXNET_MAX_BATCH_SIZE": "16",
         "ALEXNET_BATCH_TIMEOUT_MS": "0",
         "ALEXNET_INFERENCE_INSTANCES": "1",
+        "ALEXNET_SOLO_SESSION": "false",
     }
 
 

@@ -119,6 +119,7 @@ def test_the_old_defaults_pin_one_inference_run_on_half_the_cores_and_full_decod
     assert env["ALEXNET_FAST_JPEG_DECODE"] == "false"
     assert env["ALEXNET_INTRA_OP_THREADS"] == "2"
     assert env["ALEXNET_INFERENCE_INSTANCES"] == "1"
+    assert env["ALEXNET_SOLO_SESSION"] == "false"
     assert baseline_env(1)["ALEXNET_INTRA_OP_THREADS"] == "1"
 
 
