@@ -1,8 +1,10 @@
-"""Dynamic micro-batching: concurrent requests share one `session.run`.
+"""Dynamic micro-batching: concurrent requests share one `session.run`, with up to N runs in flight.
 
-One worker takes the oldest waiting image, gathers whatever else is queued (waiting at most
-`timeout_ms` for more), runs the batch on a dedicated inference thread, and fans results back out.
-While a batch runs, new requests queue up, so batches grow with load and cost nothing when idle.
+Each of `instances` workers (Triton's "model instances") takes the oldest waiting image, gathers its share
+of whatever else is queued (waiting at most `timeout_ms` for more), runs the batch on its own inference
+thread, and fans results back out. While batches run, new requests queue up, so batches grow with load and
+cost nothing when idle. A batch that finds nothing else queued or running may go to `run_solo` instead
+(e.g. a run with every core), so a lone request gets the machine's best latency.
 The queue is bounded: when full, callers get `OverloadedError` at once instead of unbounded waiting.
 """
 
@@ -10,7 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
+import math
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -51,36 +55,50 @@ class MicroBatcher:
         max_batch_size: int,
         timeout_ms: float,
         max_queue_size: int,
+        instances: int = 1,
+        run_solo: RunBatch | None = None,
         on_batch: BatchObserver | None = None,
     ) -> None:
         self._run_batch = run_batch
+        self._run_solo = run_solo
         self._on_batch = on_batch
         self._max_batch_size = max_batch_size
+        self._instances = instances
         self._timeout_s = timeout_ms / 1000.0
         self._queue: asyncio.Queue[_Job] = asyncio.Queue(maxsize=max_queue_size)
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
-        self._worker: asyncio.Task[None] | None = None
+        self._executor = ThreadPoolExecutor(max_workers=instances, thread_name_prefix="inference")
+        self._workers: list[asyncio.Task[None]] = []
         self._accepting = False
-        self._busy = False
+        # Start time (time.perf_counter()) of each run in flight, by run number: what a liveness check reads.
+        self._running: dict[int, float] = {}
+        self._run_numbers = itertools.count()
 
     @property
     def depth(self) -> int:
-        """Images waiting, not counting the batch being run."""
+        """Images waiting, not counting the batches being run."""
         return self._queue.qsize()
+
+    @property
+    def runs_started_at(self) -> list[float]:
+        """When each run now in flight started (time.perf_counter()), oldest first; empty when idle."""
+        return sorted(self._running.values())
 
     def start(self) -> None:
         self._accepting = True
-        self._worker = asyncio.create_task(self._work(), name="micro-batcher")
+        self._workers = [
+            asyncio.create_task(self._work(), name=f"micro-batcher-{number}") for number in range(self._instances)
+        ]
 
     async def stop(self) -> None:
-        """Refuse new work, finish what is queued, then release the inference thread."""
+        """Refuse new work, finish what is queued, then release the inference threads."""
         self._accepting = False
-        while (not self._queue.empty() or self._busy) and self._worker is not None and not self._worker.done():
+        while (not self._queue.empty() or self._running) and not all(worker.done() for worker in self._workers):
             await asyncio.sleep(0.005)
-        if self._worker is not None:
-            self._worker.cancel()
+        for worker in self._workers:
+            worker.cancel()
+        for worker in self._workers:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._worker
+                await worker
         self._executor.shutdown(wait=True)
 
     async def infer(self, tensor: FloatArray) -> InferenceResult:
@@ -103,11 +121,14 @@ class MicroBatcher:
             live = [job for job in jobs if not job.future.done()]  # callers that gave up are skipped
             if not live:
                 continue
-            self._busy = True
-            started = time.perf_counter()
+            run = self._run_batch
+            if self._run_solo is not None and not self._running and self._queue.empty():
+                run = self._run_solo  # alone on the model: it may use the cores the other instances would
+            number = next(self._run_numbers)
+            started = self._running[number] = time.perf_counter()
             try:
                 batch = np.stack([job.tensor for job in live])
-                probabilities = await loop.run_in_executor(self._executor, self._run_batch, batch)
+                probabilities = await loop.run_in_executor(self._executor, run, batch)
             except Exception:
                 logger.exception("inference failed for a batch of %d", len(live))
                 for job in live:
@@ -115,7 +136,7 @@ class MicroBatcher:
                         job.future.set_exception(InferenceError("inference failed; the error is in the server log"))
                 continue
             finally:
-                self._busy = False
+                del self._running[number]
             finished = time.perf_counter()
             inference_ms = (finished - started) * 1000.0
             if self._on_batch is not None:
@@ -134,12 +155,14 @@ class MicroBatcher:
     async def _gather(self) -> list[_Job]:
         jobs = [await self._queue.get()]
         deadline = time.perf_counter() + self._timeout_s
+        # Share what is already waiting among the idle instances, so a burst starts all of them at once
+        # instead of one instance taking every image while the others (and their cores) sit idle.
+        idle = max(1, self._instances - len(self._running))
+        share = min(self._max_batch_size, math.ceil((1 + self._queue.qsize()) / idle))
+        while len(jobs) < share:
+            jobs.append(self._queue.get_nowait())
+        # With a batch timeout, wait that long for more to arrive.
         while len(jobs) < self._max_batch_size:
-            try:
-                jobs.append(self._queue.get_nowait())
-                continue
-            except asyncio.QueueEmpty:
-                pass
             remaining = deadline - time.perf_counter()
             if remaining <= 0:
                 break

@@ -26,6 +26,9 @@ MAX_EXPLAIN_GRID = 14
 # slower than the batch (not yet measured here: bench/gpu_check.sh times batch 1/8/64/256).
 CPU_MAX_BATCH_SIZE = 16
 GPU_MAX_BATCH_SIZE = 64
+# Concurrent runs on a GPU when ALEXNET_INFERENCE_INSTANCES is unset: two let one batch's host-device copies
+# overlap the other's kernels (as Triton's default of instances per GPU does); not yet measured here.
+GPU_INFERENCE_INSTANCES = 2
 
 
 def _default_decode_threads() -> int:
@@ -34,14 +37,10 @@ def _default_decode_threads() -> int:
 
 
 def _default_intra_op_threads(fields: dict[str, Any]) -> int:
+    # The usable CPUs shared among the concurrent runs: 1 thread each with the CPU default of one run per CPU.
+    # Two 1-thread runs on one session beat one 2-thread run on 2 cores (docs/performance.md, Model instances).
     cores = usable_cpus()
-    if fields.get("fast_jpeg_decode"):
-        # Draft decoding is cheap enough that inference dominates: all cores measured 44.8 against 36.8
-        # images/s with half of them (docs/performance.md, Threads). Measured on 2 cores only.
-        return cores
-    # Half the cores for inference leaves the rest to full decoding, which runs at the same time: on 2 cores
-    # this measured ~40% more images/s than onnxruntime's default of all cores (docs/performance.md).
-    return max(1, cores // 2)
+    return max(1, cores // (fields.get("inference_instances") or cores))
 
 
 class Settings(BaseSettings):
@@ -71,11 +70,16 @@ class Settings(BaseSettings):
     tensorrt_cache_dir: Path = Path.home() / ".cache" / "alexnet-serve" / "tensorrt"
     require_trained: bool = False
     # Decode large JPEGs at reduced scale (Pillow draft mode): much faster, but no longer bit-exact with the
-    # reference preprocessing (see docs/preprocessing.md). Off by default: correctness first. Declared before
-    # the thread counts, whose defaults depend on it.
+    # reference preprocessing (see docs/preprocessing.md). Off by default: correctness first.
     fast_jpeg_decode: bool = False
-    # 0 lets onnxruntime pick (one thread per physical core).
+    # Concurrent runs on the model (Triton's "model instances"), sharing one session. None: one per usable CPU
+    # on the CPU, GPU_INFERENCE_INSTANCES on a GPU. Declared before the thread count, whose default uses it.
+    inference_instances: int | None = Field(default=None, ge=1)
+    # Threads inside each run. Default: the usable CPUs divided among the instances. 0 lets onnxruntime pick.
     intra_op_threads: int = Field(default_factory=_default_intra_op_threads, ge=0)
+    # On the CPU, a lone request (nothing queued or running) runs on a second session with every usable CPU:
+    # the machine's best single-image latency, for a second copy of the weights in memory (about 250 MB).
+    solo_session: bool = True
     # onnxruntime's intra-op threads busy-wait between runs by default; on a CPU shared with the decode
     # threads that burns the cores decoding needs. Worth enabling only with dedicated inference cores.
     intra_op_spinning: bool = False

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import io
+import itertools
 import logging
 import re
 from collections.abc import Iterator
@@ -17,7 +18,9 @@ import numpy.typing as npt
 import onnxruntime as ort
 
 from app.config import CPU_PROVIDER, CUDA_PROVIDER, TENSORRT_PROVIDER, Settings
+from app.cpus import usable_cpus
 from app.errors import ModelLoadError
+from app.plan import solo_threads
 from model.metadata import INPUT_NAME, NUM_CLASSES, OUTPUT_NAME, ModelCard, ModelCardError
 
 logger = logging.getLogger(__name__)
@@ -49,12 +52,25 @@ class ProviderReport:
 
 
 class OnnxModel:
-    """An onnxruntime session plus the model card read from the file it was built from."""
+    """An onnxruntime session plus the model card read from the file it was built from.
+
+    `run` is thread-safe: concurrent runs share the session. An optional solo session (the same model with more
+    intra-op threads) serves `run_solo`, for batches that have the machine to themselves.
+    """
 
     def __init__(
-        self, session: ort.InferenceSession, card: ModelCard, providers: ProviderReport, *, io_binding: bool = False
+        self,
+        session: ort.InferenceSession,
+        card: ModelCard,
+        providers: ProviderReport,
+        *,
+        io_binding: bool = False,
+        solo_session: ort.InferenceSession | None = None,
+        solo_threads: int | None = None,
     ) -> None:
         self._session = session
+        self._solo_session = solo_session
+        self.solo_threads = solo_threads if solo_session is not None else None
         self._io_binding = io_binding
         self.card = card
         self.providers = providers
@@ -73,24 +89,32 @@ class OnnxModel:
 
     def run(self, batch: FloatArray) -> FloatArray:
         """Probabilities [N, 1000] for a preprocessed batch [N, 3, S, S]. Blocking: call off the event loop."""
+        return self._run_on(self._session, batch)
+
+    def run_solo(self, batch: FloatArray) -> FloatArray:
+        """As `run`, on the solo session when there is one: for a batch alone on the machine."""
+        return self._run_on(self._solo_session or self._session, batch)
+
+    def _run_on(self, session: ort.InferenceSession, batch: FloatArray) -> FloatArray:
         if self._io_binding:
-            binding = self._session.io_binding()
+            binding = session.io_binding()
             binding.bind_cpu_input(INPUT_NAME, batch)
             binding.bind_output(OUTPUT_NAME, "cpu")
-            self._session.run_with_iobinding(binding)
+            session.run_with_iobinding(binding)
             bound: FloatArray = binding.copy_outputs_to_cpu()[0]
             return bound
-        outputs = self._session.run([OUTPUT_NAME], {INPUT_NAME: batch})
+        outputs = session.run([OUTPUT_NAME], {INPUT_NAME: batch})
         probabilities: FloatArray = outputs[0]
         return probabilities
 
     def warm_up(self, runs: int, batch_sizes: tuple[int, ...] = (1,)) -> None:
         """Run dummy batches so the first real requests do not pay for allocation and kernel selection."""
         size = self.card.preprocessing.input_size
+        sessions = [self._session] if self._solo_session is None else [self._session, self._solo_session]
         for batch_size in batch_sizes:
             dummy = np.zeros((batch_size, 3, size, size), dtype=np.float32)
-            for _ in range(runs):
-                self.run(dummy)
+            for session, _ in itertools.product(sessions, range(runs)):
+                self._run_on(session, dummy)
 
 
 def load_model(settings: Settings) -> OnnxModel:
@@ -141,15 +165,22 @@ def load_model(settings: Settings) -> OnnxModel:
     )
     # On the CPU provider binding buys nothing; on CUDA it saves an output allocation and copy per run.
     use_binding = settings.io_binding and active[0] != CPU_PROVIDER
-    return OnnxModel(session, card, report, io_binding=use_binding)
+    threads = solo_threads(settings, on_gpu=report.on_gpu, cpus=usable_cpus())
+    solo = None
+    if threads is not None:
+        # CPU only (the plan has no solo session on a GPU): nothing to probe again.
+        solo = _open_session(path, settings.model_copy(update={"providers": [CPU_PROVIDER]}), intra_op_threads=threads)
+        logger.info("solo session open: a request alone on the model runs with %d intra-op threads", threads)
+    return OnnxModel(session, card, report, io_binding=use_binding, solo_session=solo, solo_threads=threads)
 
 
-def session_options(settings: Settings) -> ort.SessionOptions:
+def session_options(settings: Settings, *, intra_op_threads: int | None = None) -> ort.SessionOptions:
+    """Options for a session with `settings`' threads, or `intra_op_threads` when given."""
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = settings.intra_op_threads
+    options.intra_op_num_threads = settings.intra_op_threads if intra_op_threads is None else intra_op_threads
     options.add_session_config_entry("session.intra_op.allow_spinning", "1" if settings.intra_op_spinning else "0")
-    # One batch runs at a time; parallelism comes from intra-op threads, not concurrent graph branches.
+    # Each run is sequential inside; parallelism comes from intra-op threads and concurrent runs, not graph branches.
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     # Memory patterns are planned and kept per input shape; dynamic batching produces every batch size from
@@ -158,8 +189,8 @@ def session_options(settings: Settings) -> ort.SessionOptions:
     return options
 
 
-def _open_session(path: Path, settings: Settings) -> ort.InferenceSession:
-    options = session_options(settings)
+def _open_session(path: Path, settings: Settings, *, intra_op_threads: int | None = None) -> ort.InferenceSession:
+    options = session_options(settings, intra_op_threads=intra_op_threads)
     providers: list[str | tuple[str, dict[str, Any]]] = []
     for name in settings.providers:
         if name == CUDA_PROVIDER:

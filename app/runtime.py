@@ -15,7 +15,7 @@ import numpy as np
 import numpy.typing as npt
 
 from app.batching import InferenceResult, MicroBatcher
-from app.config import CPU_MAX_BATCH_SIZE, DEFAULT_TOP_K, GPU_MAX_BATCH_SIZE, Settings
+from app.config import DEFAULT_TOP_K, Settings
 from app.errors import (
     DeadlineExceededError,
     InvalidParameterError,
@@ -34,6 +34,7 @@ from app.explain import (
 )
 from app.inference import OnnxModel
 from app.metrics import Metrics
+from app.plan import inference_plan
 from app.postprocessing import TOP5, ranked
 from app.preprocessing import decode_image, preprocess
 from app.schemas import ClassScore, ExplainResponse, ExplainTimingMs, ModelSummary, PredictResponse, TimingMs
@@ -55,13 +56,6 @@ def prepare_image(data: bytes, pre: Preprocessing, settings: Settings) -> tuple[
     return tensor, (decoded_at - started) * 1000.0, (finished - decoded_at) * 1000.0
 
 
-def max_batch_size(settings: Settings, *, on_gpu: bool) -> int:
-    """The micro-batch cap: the configured one, else the default for the device that runs the model."""
-    if settings.max_batch_size is not None:
-        return settings.max_batch_size
-    return GPU_MAX_BATCH_SIZE if on_gpu else CPU_MAX_BATCH_SIZE
-
-
 class Runtime:
     def __init__(
         self,
@@ -75,12 +69,15 @@ class Runtime:
         self.metrics = metrics or Metrics()
         self.started_at = time.monotonic()
         self._decode_pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
-        self.max_batch_size = max_batch_size(settings, on_gpu=model.providers.on_gpu)
+        self.plan = inference_plan(settings, on_gpu=model.providers.on_gpu, solo=model.solo_threads)
+        self.max_batch_size = self.plan.max_batch_size
         self._batcher = MicroBatcher(
             model.run,
             max_batch_size=self.max_batch_size,
             timeout_ms=settings.batch_timeout_ms,
             max_queue_size=settings.max_queue_size,
+            instances=self.plan.instances,
+            run_solo=model.run_solo if model.solo_threads else None,
             on_batch=self._observe_batch,
         )
         self._ready = asyncio.Event()
@@ -114,6 +111,11 @@ class Runtime:
     def queue_depth(self) -> int:
         return self._batcher.depth
 
+    @property
+    def runs_started_at(self) -> list[float]:
+        """When each inference run now in flight started (time.perf_counter()), oldest first."""
+        return self._batcher.runs_started_at
+
     def model_summary(self) -> ModelSummary:
         card = self.model.card
         return ModelSummary(name=card.name, weights=card.weights, sha256=card.weights_sha256, trained=card.trained)
@@ -129,6 +131,7 @@ class Runtime:
             self.settings.batch_timeout_ms,
             self.settings.max_queue_size,
         )
+        logger.info("%s", self.plan.describe())
         self._warm_up_task = asyncio.create_task(self._warm_up(), name="warm-up")
 
     async def wait_ready(self) -> None:

@@ -129,6 +129,29 @@ class ReadyResponse(BaseModel):
 
 
 _SUMMARY: JsonDict = {"name": "bvlc_alexnet", "weights": "bvlc", "sha256": "…", "trained": True}
+_PLAN: JsonDict = {
+    "device": "CPU",
+    "usable_cpus": 4,
+    "instances": 4,
+    "intra_op_threads": 1,
+    "solo_threads": 4,
+    "decode_threads": 4,
+    "max_batch_size": 16,
+}
+
+
+class InferencePlanInfo(BaseModel):
+    """How inference uses the machine (ALEXNET_INFERENCE_INSTANCES, ALEXNET_INTRA_OP_THREADS, ...)."""
+
+    model_config = ConfigDict(json_schema_extra={"example": _PLAN})
+
+    device: Literal["CPU", "GPU"] = Field(description="What runs the model")
+    usable_cpus: int = Field(description="CPUs this process may use: affinity mask and cgroup quota")
+    instances: int = Field(description="Batches that may run on the model at once (model instances)")
+    intra_op_threads: int = Field(description="onnxruntime threads inside each run; 0: onnxruntime's choice")
+    solo_threads: int | None = Field(description="Threads of a run alone on the model; null: no solo session")
+    decode_threads: int = Field(description="Threads decoding and preprocessing uploads")
+    max_batch_size: int = Field(description="Most images in one run")
 
 
 class HealthResponse(BaseModel):
@@ -141,6 +164,7 @@ class HealthResponse(BaseModel):
                 "providers": ["CUDAExecutionProvider", "CPUExecutionProvider"],
                 "requested_providers": ["CUDAExecutionProvider", "CPUExecutionProvider"],
                 "model": _SUMMARY,
+                "inference": _PLAN,
                 "warnings": [],
             }
         }
@@ -152,6 +176,7 @@ class HealthResponse(BaseModel):
     providers: list[str] = Field(description="Execution providers onnxruntime actually uses, in priority order")
     requested_providers: list[str]
     model: ModelSummary | None
+    inference: InferencePlanInfo
     warnings: list[str]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 from fastapi import APIRouter
@@ -9,7 +10,7 @@ from fastapi import APIRouter
 from app import __version__
 from app.deps import RuntimeDep
 from app.errors import ModelNotReadyError
-from app.schemas import ErrorResponse, HealthResponse, LiveResponse, ReadyResponse
+from app.schemas import ErrorResponse, HealthResponse, InferencePlanInfo, LiveResponse, ReadyResponse
 
 router = APIRouter(prefix="/health", tags=["health"])
 
@@ -30,7 +31,7 @@ async def get_readiness(runtime: RuntimeDep) -> ReadyResponse:
 
 @router.get("", response_model=HealthResponse)
 async def get_health(runtime: RuntimeDep) -> HealthResponse:
-    """Status, active execution providers, model summary, uptime and version."""
+    """Status, active execution providers, model summary, inference plan, uptime and version."""
     model = runtime.model
     return HealthResponse(
         status="ready" if runtime.ready else "starting",
@@ -39,5 +40,6 @@ async def get_health(runtime: RuntimeDep) -> HealthResponse:
         providers=model.providers.active,
         requested_providers=model.providers.requested,
         model=runtime.model_summary(),
+        inference=InferencePlanInfo(**dataclasses.asdict(runtime.plan)),
         warnings=model.warnings,
     )

@@ -17,14 +17,20 @@ if str(REPO_ROOT) not in sys.path:  # build this checkout's docs, whatever the v
 
 from pydantic.fields import FieldInfo  # noqa: E402
 
-from app.config import CPU_MAX_BATCH_SIZE, GPU_MAX_BATCH_SIZE, Settings  # noqa: E402
+from app.config import (  # noqa: E402
+    CPU_MAX_BATCH_SIZE,
+    GPU_INFERENCE_INSTANCES,
+    GPU_MAX_BATCH_SIZE,
+    Settings,
+)
 
 MARKER = "<!-- settings-table -->"
 ENV_PREFIX = "ALEXNET_"
 
 # Defaults computed when the server starts, described rather than shown as this build machine's values.
 COMPUTED_DEFAULTS = {
-    "intra_op_threads": "half the usable CPUs; all of them with `ALEXNET_FAST_JPEG_DECODE=true`",
+    "inference_instances": f"one per usable CPU on CPU, `{GPU_INFERENCE_INSTANCES}` on GPU",
+    "intra_op_threads": "the usable CPUs divided among the instances (`1` by default on CPU)",
     "decode_threads": "the usable CPUs",
     "max_batch_size": f"`{CPU_MAX_BATCH_SIZE}` on CPU, `{GPU_MAX_BATCH_SIZE}` on GPU",
     "log_format": "`plain` at a terminal, `json` otherwise",
@@ -51,8 +57,12 @@ MEANINGS = {
     "require_trained": "fail startup if the model's weights are untrained",
     "fast_jpeg_decode": "decode large JPEGs at reduced scale: faster, not bit-exact "
     "(see [Preprocessing](preprocessing.md))",
-    "intra_op_threads": "threads inside one inference (`0`: onnxruntime's choice); decoding runs on "
+    "inference_instances": "batches that may run on the model at once, sharing one session (Triton's model "
+    "instances); the startup log and `/health` show the plan (see [Performance](performance.md))",
+    "intra_op_threads": "threads inside each run (`0`: onnxruntime's choice); decoding runs on "
     "`ALEXNET_DECODE_THREADS` beside them",
+    "solo_session": "on CPU, a request alone on the model runs on a second session with every usable CPU (best "
+    "single-image latency, for a second copy of the weights: about 250 MB for AlexNet)",
     "intra_op_spinning": "let onnxruntime's threads busy-wait between runs (only with cores dedicated to inference)",
     "decode_threads": "threads decoding and preprocessing images",
     "warmup_runs": "inference runs before reporting ready",

@@ -18,13 +18,15 @@ PROBABILITY_SUM_EPSILON = 1e-6
 
 
 def service_settings(model_path: Path, **overrides: Any) -> Settings:
-    """Settings for an in-process app on the CPU; the model is never exported, warm-up is short."""
+    """Settings for an in-process app on the CPU; the model is never exported, warm-up is short, and there is no
+    solo session (a second copy of the model per app; tests/app/test_runtime.py covers it)."""
     values: dict[str, Any] = {
         "model_path": model_path,
         "providers": [CPU_PROVIDER],
         "auto_export": False,
         "warmup_runs": 1,
         "decode_threads": 2,
+        "solo_session": False,
         **overrides,
     }
     return Settings(**values)

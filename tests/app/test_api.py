@@ -25,6 +25,7 @@ from starlette.testclient import TestClient
 import app.routes.predict
 from app import __version__
 from app.config import CPU_PROVIDER
+from app.cpus import usable_cpus
 from app.errors import INTERNAL_ERROR_MESSAGE
 from app.inference import UNTRAINED_WARNING, OnnxModel
 from app.main import create_app
@@ -537,6 +538,15 @@ def test_health_reports_providers_model_and_the_untrained_warning(
         "providers": [CPU_PROVIDER],
         "requested_providers": [CPU_PROVIDER],
         "model": untrained_model_summary(served_model.weights_sha256),
+        "inference": {
+            "device": "CPU",
+            "usable_cpus": usable_cpus(),
+            "instances": usable_cpus(),
+            "intra_op_threads": 1,
+            "solo_threads": None,  # tests run without the solo session (service_settings)
+            "decode_threads": 2,
+            "max_batch_size": 16,
+        },
         "warnings": [UNTRAINED_WARNING],
     }
 

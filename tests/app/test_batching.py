@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections.abc import Awaitable, Callable
 
 import numpy as np
@@ -222,3 +223,76 @@ def test_stop_drains_queued_images_then_refuses_new_ones() -> None:
     model = run_scenario(scenario)
 
     assert model.batches == [[0], [1, 2]]
+
+
+def echo(batch: FloatArray) -> FloatArray:
+    return np.repeat(batch[:, :1], 4, axis=1)
+
+
+def ids_of(batch: FloatArray) -> list[int]:
+    return [int(row[0]) for row in batch]
+
+
+def test_instances_run_batches_at_the_same_time_and_share_a_burst() -> None:
+    both_in_flight = threading.Barrier(2, timeout=WAIT_S)  # breaks unless two runs overlap
+    batches: list[list[int]] = []
+
+    def model(batch: FloatArray) -> FloatArray:
+        batches.append(ids_of(batch))
+        both_in_flight.wait()
+        return echo(batch)
+
+    async def main() -> list[int]:
+        batcher = MicroBatcher(model, max_batch_size=8, timeout_ms=0, max_queue_size=64, instances=2)
+        batcher.start()
+        try:
+            # All six are queued before either idle instance wakes: each takes half, not one takes all.
+            results = await asyncio.gather(*(batcher.infer(image(i)) for i in range(1, 7)))
+        finally:
+            await batcher.stop()
+        return [returned_id(result) for result in results]
+
+    assert asyncio.run(main()) == [1, 2, 3, 4, 5, 6]
+    assert sorted(batches) == [[1, 2, 3], [4, 5, 6]]
+
+
+def test_a_lone_batch_goes_to_the_solo_run_and_company_to_the_shared_one() -> None:
+    calls: list[tuple[str, list[int]]] = []
+
+    def shared(batch: FloatArray) -> FloatArray:
+        calls.append(("shared", ids_of(batch)))
+        return echo(batch)
+
+    def solo(batch: FloatArray) -> FloatArray:
+        calls.append(("solo", ids_of(batch)))
+        return echo(batch)
+
+    async def main() -> None:
+        batcher = MicroBatcher(shared, max_batch_size=8, timeout_ms=0, max_queue_size=64, instances=2, run_solo=solo)
+        batcher.start()
+        try:
+            assert returned_id(await batcher.infer(image(1))) == 1
+            burst = await asyncio.gather(*(batcher.infer(image(i)) for i in range(2, 6)))
+            assert [returned_id(result) for result in burst] == [2, 3, 4, 5]
+        finally:
+            await batcher.stop()
+
+    asyncio.run(main())
+
+    # The burst's first batch left images queued and the second found a run in flight: neither was alone.
+    assert calls[0] == ("solo", [1])
+    assert sorted(calls[1:]) == [("shared", [2, 3]), ("shared", [4, 5])]
+
+
+def test_runs_in_flight_are_listed_with_their_start_time_until_they_finish() -> None:
+    async def scenario(batcher: MicroBatcher, model: HeldFakeModel) -> None:
+        assert batcher.runs_started_at == []
+        before = time.perf_counter()
+        first = await hold_first_batch(batcher, model)
+        [started] = batcher.runs_started_at
+        assert before <= started <= time.perf_counter()
+        model.release_first_batch.set()
+        assert returned_id(await first) == 0
+        assert batcher.runs_started_at == []
+
+    run_scenario(scenario)

@@ -172,25 +172,47 @@ def test_thread_settings_reach_the_session(spinning: bool, entry: str) -> None:
     settings = Settings(intra_op_threads=3, intra_op_spinning=spinning)
     options = session_options(settings)
     assert options.intra_op_num_threads == 3
+    assert session_options(settings, intra_op_threads=5).intra_op_num_threads == 5
     assert options.inter_op_num_threads == 1
     assert options.get_session_config_entry("session.intra_op.allow_spinning") == entry
     # Per-shape memory patterns would grow RSS with every new batch size (the soak test measures it).
     assert options.enable_mem_pattern is False
 
 
-def test_default_threads_split_the_cores_between_inference_and_decoding() -> None:
-    cores = usable_cpus()
+def test_default_threads_give_each_concurrent_run_one_thread_and_decoding_every_cpu() -> None:
     settings = Settings()
-    assert settings.intra_op_threads == max(1, cores // 2)
-    assert settings.decode_threads == cores
+    assert settings.inference_instances is None  # one run per usable CPU on the CPU (app/plan.py)
+    assert settings.intra_op_threads == 1
+    assert settings.decode_threads == usable_cpus()
     assert settings.intra_op_spinning is False
 
 
-def test_draft_decoding_gives_inference_every_core_unless_told_otherwise(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(app.config, "usable_cpus", lambda: 4)  # on one core, half and all would both be 1
-    assert Settings(fast_jpeg_decode=True).intra_op_threads == 4
-    assert Settings(fast_jpeg_decode=True, intra_op_threads=1).intra_op_threads == 1
-    assert Settings(fast_jpeg_decode=False).intra_op_threads == 2
+@pytest.mark.parametrize(("instances", "threads"), [(1, 8), (2, 4), (3, 2), (8, 1), (16, 1)])
+def test_configured_instances_share_the_usable_cpus(
+    monkeypatch: pytest.MonkeyPatch, instances: int, threads: int
+) -> None:
+    monkeypatch.setattr(app.config, "usable_cpus", lambda: 8)
+    assert Settings(inference_instances=instances).intra_op_threads == threads
+    assert Settings(inference_instances=instances, intra_op_threads=3).intra_op_threads == 3
+
+
+def test_a_solo_session_with_every_cpu_serves_lone_batches_with_the_same_answers(served_model_path: Path) -> None:
+    model = load_model(cpu_settings(served_model_path, intra_op_threads=1, solo_session=True))
+    batch = np.random.default_rng(0).standard_normal((2, 3, 227, 227)).astype(np.float32)
+
+    cpus = usable_cpus()
+    assert model.solo_threads == (cpus if cpus > 1 else None)
+    np.testing.assert_allclose(model.run_solo(batch), model.run(batch), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("overrides", [{"solo_session": False}, {"intra_op_threads": 0}, {"intra_op_threads": 64}])
+def test_no_solo_session_when_off_or_when_runs_already_use_every_cpu(
+    served_model_path: Path, overrides: dict[str, Any]
+) -> None:
+    model = load_model(cpu_settings(served_model_path, **overrides))
+    assert model.solo_threads is None
+    batch = np.zeros((1, 3, 227, 227), dtype=np.float32)
+    np.testing.assert_array_equal(model.run_solo(batch), model.run(batch))
 
 
 @pytest.mark.parametrize(

@@ -31,10 +31,13 @@ pytestmark = pytest.mark.slow
 REPLICA_COUNT = 3
 DRAIN_DELAY_S = 4.0
 GRACEFUL_SHUTDOWN_S = 5.0
-# One inference thread and one decode thread per replica, like a pod whose threads follow a 1-CPU limit: three
-# replicas then share two cores without oversubscribing them (docs/kubernetes.md, has the 2-thread measurement too).
+# One inference run of one thread and one decode thread per replica, like a pod whose threads follow a 1-CPU limit:
+# three replicas then share two cores without oversubscribing them (docs/kubernetes.md, has the 2-thread measurement
+# too). No solo session: with one CPU it would add nothing.
 REPLICA_ENV = {
+    "ALEXNET_INFERENCE_INSTANCES": "1",
     "ALEXNET_INTRA_OP_THREADS": "1",
+    "ALEXNET_SOLO_SESSION": "false",
     "ALEXNET_DECODE_THREADS": "1",
     "ALEXNET_DRAIN_DELAY_S": str(DRAIN_DELAY_S),
     "ALEXNET_GRACEFUL_SHUTDOWN_S": str(GRACEFUL_SHUTDOWN_S),
