@@ -26,6 +26,8 @@ from tests.app.standin import (
 
 # What the accuracy test reports, printed at the end of the run (ruff bans print; -s is not needed).
 ACCURACY_SUMMARY = pytest.StashKey[str]()
+# What the explanation faithfulness (deletion) test reports, the same way.
+FAITHFULNESS_SUMMARY = pytest.StashKey[str]()
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
@@ -33,6 +35,10 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: p
     if summary is not None:
         terminalreporter.write_sep("-", "accuracy of the served stand-in on real photos")
         terminalreporter.write_line(summary)
+    faithfulness = config.stash.get(FAITHFULNESS_SUMMARY, None)
+    if faithfulness is not None:
+        terminalreporter.write_sep("-", "occlusion explanations on real photos: the deletion test")
+        terminalreporter.write_line(faithfulness)
 
 
 @pytest.fixture(scope="session")
