@@ -9,6 +9,7 @@ import uuid
 from contextvars import ContextVar
 from typing import Any
 
+from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -16,6 +17,8 @@ from app.errors import INTERNAL_ERROR_MESSAGE, error_body
 from app.metrics import Metrics
 
 REQUEST_ID_HEADER = "x-request-id"
+# nginx's status for a request the client abandoned; never sent, only logged and counted.
+CLIENT_CLOSED_REQUEST = 499
 LOG_FIELDS_KEY = "log_fields"
 # Accept a caller's request ID only if it is short and harmless in logs and headers.
 _VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
@@ -75,6 +78,10 @@ class RequestContextMiddleware:
         self.metrics.in_flight.inc()
         try:
             await self.app(scope, receive, send_with_id)
+        except ClientDisconnect:
+            # The client hung up while sending the body: nobody to answer, and nothing wrong with the server.
+            status = CLIENT_CLOSED_REQUEST
+            logger.info("the client disconnected before sending the whole request body")
         finally:
             self.metrics.in_flight.dec()
             seconds = time.perf_counter() - started
@@ -122,6 +129,8 @@ class UnexpectedErrorMiddleware:
 
         try:
             await self.app(scope, receive, send_tracking_start)
+        except ClientDisconnect:
+            raise  # not an error: the request context counts it as 499
         except Exception:
             if response_started:
                 raise  # too late for an error body; the server closes the connection

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import signal
+import socket
+import time
 from pathlib import Path
 
 import httpx
@@ -54,3 +57,40 @@ def test_real_server_classifies_jpeg_and_png_files_both_ways_and_stops_cleanly(
     log = server.log()
     assert exit_code == 0, log
     assert "shutdown complete" in log, log
+
+
+def _send_part_of_a_body_then_hang_up(url: str, path: str, content_type: str, request_id: str) -> None:
+    host, port = url.removeprefix("http://").split(":")
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: {content_type}\r\n"
+        f"Content-Length: 100000\r\nX-Request-ID: {request_id}\r\n\r\n"
+    )
+    with socket.create_connection((host, int(port)), timeout=REQUEST_TIMEOUT_S) as connection:
+        connection.sendall(head.encode() + b"{" + b" " * 999)
+
+
+@pytest.mark.slow
+def test_a_client_that_hangs_up_mid_body_is_a_499_not_a_server_error(
+    served_model: ExportSummary, tmp_path: Path
+) -> None:
+    routes = {"/v1/predict": ("image/jpeg", "gone-v1"), "/v2/models/alexnet/infer": ("application/json", "gone-v2")}
+    with live_server(served_model.output, tmp_path) as server:
+        for path, (content_type, request_id) in routes.items():
+            _send_part_of_a_body_then_hang_up(server.url, path, content_type, request_id)
+        deadline = time.monotonic() + REQUEST_TIMEOUT_S
+        counted = ""
+        while time.monotonic() < deadline and counted.count('status="499"') < len(routes):
+            counted = "\n".join(
+                line
+                for line in httpx.get(f"{server.url}/metrics").text.splitlines()
+                if "alexnet_requests_total{" in line
+            )
+            time.sleep(0.05)
+        log = server.log()
+
+    for path, (_, request_id) in routes.items():
+        route = path.replace("alexnet", "{model_name}")
+        assert f'alexnet_requests_total{{method="POST",route="{route}",status="499"}} 1.0' in counted
+        assert re.search(rf"INFO +POST {re.escape(path)} 499 .*\[{request_id}\]", log), log
+    assert 'status="500"' not in counted
+    assert "Traceback" not in log and "ERROR" not in log, log
