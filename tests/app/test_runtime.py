@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import numpy as np
+import numpy.typing as npt
 import pytest
 from starlette.testclient import TestClient
 
@@ -12,6 +14,7 @@ from app.cpus import usable_cpus
 from app.inference import OnnxModel, ProviderReport
 from app.main import create_app
 from app.plan import max_batch_size
+from tests.app.sample_images import scene_bytes
 from tests.app.service_support import service_settings, wait_until_ready
 
 
@@ -102,3 +105,38 @@ def test_the_inference_plan_is_logged_at_startup_and_shown_in_health(
         f"inference plan ({device}, {cpus} usable CPUs): {expected_instances} concurrent runs of {threads} threads "
         f"each, {lone}; 2 decode threads; batches up to {plan['max_batch_size']} images"
     ) in caplog.messages
+
+
+def test_a_lone_request_runs_on_the_solo_session_and_its_answer_is_the_shared_sessions(
+    served_model_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if usable_cpus() < 2:
+        pytest.skip("one usable CPU: there is no solo session to use")
+    sessions: list[str] = []
+    shared_run, solo_run = OnnxModel.run, OnnxModel.run_solo
+
+    def recording_run(self: OnnxModel, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        sessions.append("shared")
+        return shared_run(self, batch)
+
+    def recording_solo_run(self: OnnxModel, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        sessions.append("solo")
+        return solo_run(self, batch)
+
+    monkeypatch.setattr(OnnxModel, "run", recording_run)
+    monkeypatch.setattr(OnnxModel, "run_solo", recording_solo_run)
+    settings = service_settings(served_model_path, solo_session=True, warmup_runs=0)
+    body = scene_bytes(320, 240)
+    with TestClient(create_app(settings)) as client:
+        wait_until_ready(client)
+        lone = client.post("/v1/predict", content=body, headers={"Content-Type": "image/jpeg"})
+        assert sessions == ["solo"]
+        with TestClient(create_app(service_settings(served_model_path, warmup_runs=0))) as without_solo:
+            wait_until_ready(without_solo)
+            shared = without_solo.post("/v1/predict", content=body, headers={"Content-Type": "image/jpeg"})
+
+    assert (lone.status_code, shared.status_code) == (200, 200)
+    assert sessions == ["solo", "shared"]
+    for ours, theirs in zip(lone.json()["top5"], shared.json()["top5"], strict=True):
+        assert ours["index"] == theirs["index"]
+        assert ours["probability"] == pytest.approx(theirs["probability"], abs=1e-6)
