@@ -36,6 +36,8 @@ MAX_GRID = MAX_EXPLAIN_GRID
 METHOD: Literal["occlusion"] = "occlusion"
 NORMALISATION = "drop / max(|drop|): 1 = the cell whose occlusion lowers the target's probability most"
 
+# Below this drop (0.1 percentage points) the text says no single cell matters much.
+SMALL_DROP = 0.001
 # Three bands per axis name the region a cell lies in, as a person would say it.
 _ROW_NAMES = ("top", "centre", "bottom")
 _COLUMN_NAMES = ("left", "centre", "right")
@@ -142,8 +144,15 @@ def text_alternative(label: str, drops: FloatArray) -> str:
         )
     return (
         f"The {region_name(cell, grid)} of the image matters most for {label!r}: hiding it "
-        f"(row {cell.row + 1}, column {cell.column + 1} of {grid}) lowers its probability by {drop * 100:.1f} points."
+        f"(row {cell.row + 1}, column {cell.column + 1} of {grid}) lowers its probability by {_points(drop)}."
     )
+
+
+def _points(drop: float) -> str:
+    if drop < SMALL_DROP:
+        # Scores are normalised, so a map of tiny drops looks as strong as any other: say how small they are.
+        return f"less than {SMALL_DROP * 100:.1f} points (no single cell matters much)"
+    return f"{drop * 100:.1f} points"
 
 
 def image_as_seen(tensor: FloatArray, pre: Preprocessing) -> Image.Image:

@@ -140,6 +140,15 @@ def test_text_alternative_names_the_region_and_the_drop() -> None:
     )
 
 
+def test_text_alternative_says_when_the_largest_drop_is_tiny() -> None:
+    drops = np.zeros((3, 3), dtype=np.float32)
+    drops[0, 2] = 0.0004
+    assert text_alternative("giant panda", drops) == (
+        "The top-right of the image matters most for 'giant panda': hiding it (row 1, column 3 of 3) "
+        "lowers its probability by less than 0.1 points (no single cell matters much)."
+    )
+
+
 def test_text_alternative_when_no_cell_lowers_the_probability() -> None:
     assert text_alternative("abacus", np.full((2, 2), -0.1, dtype=np.float32)) == (
         "No region matters for 'abacus': hiding any one of the 2×2 cells does not lower its probability."
