@@ -77,6 +77,8 @@ def test_every_setting_has_a_description_and_no_description_is_orphaned(hook: Mo
     described = set(hook.MEANINGS) | {name for name, field in Settings.model_fields.items() if field.description}
     assert sorted(fields - described) == [], f"describe them in {SETTINGS_HOOK.relative_to(REPO_ROOT)}"
     assert sorted(set(hook.MEANINGS) - fields) == [], "these are no longer settings"
+    computed = {name for name, field in Settings.model_fields.items() if field.default_factory is not None}
+    assert sorted(computed - set(hook.COMPUTED_DEFAULTS)) == [], "say what these computed defaults are"
 
 
 def test_generated_defaults_are_the_codes(hook: ModuleType) -> None:
