@@ -15,20 +15,19 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 import numpy.typing as npt
 from PIL import Image, ImageDraw, ImageFont
 
 from app.config import DEFAULT_EXPLAIN_GRID, MAX_EXPLAIN_GRID, MIN_EXPLAIN_GRID
-from app.schemas import ClassScore, ExplainResponse, ExplainTimingMs, ExplanationMethod, PredictResponse
+from app.schemas import Baseline, ClassScore, ExplainResponse, ExplainTimingMs, ExplanationMethod, PredictResponse
 from model.metadata import Label, Preprocessing
 
 FloatArray = npt.NDArray[np.float32]
 
-Baseline = Literal["mean", "black"]
-BASELINES: tuple[Baseline, ...] = ("mean", "black")
+BASELINES: tuple[Baseline, ...] = get_args(Baseline)
 DEFAULT_BASELINE: Baseline = "mean"
 DEFAULT_GRID = DEFAULT_EXPLAIN_GRID
 MIN_GRID = MIN_EXPLAIN_GRID

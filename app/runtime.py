@@ -24,7 +24,6 @@ from app.errors import (
     ServiceError,
 )
 from app.explain import (
-    Baseline,
     Explained,
     baseline_fill,
     explanation_response,
@@ -37,7 +36,7 @@ from app.metrics import Metrics
 from app.plan import inference_plan
 from app.postprocessing import TOP5, ranked
 from app.preprocessing import decode_image, preprocess
-from app.schemas import ClassScore, ExplainResponse, ExplainTimingMs, ModelSummary, PredictResponse, TimingMs
+from app.schemas import Baseline, ClassScore, ExplainResponse, ExplainTimingMs, ModelSummary, PredictResponse, TimingMs
 from model.metadata import Preprocessing
 
 logger = logging.getLogger(__name__)

@@ -240,10 +240,14 @@ class ModelInfoResponse(BaseModel):
     warnings: list[str]
 
 
+# What replaces an occluded cell (app/explain.py says how each is computed).
+Baseline = Literal["mean", "black"]
+
+
 class ExplanationMethod(BaseModel):
     name: Literal["occlusion"] = Field(description="Occlusion sensitivity: hide one cell at a time, re-run the model")
     grid: int = Field(description="Cells per side; grid² occluded copies of the image were run")
-    baseline: Literal["mean", "black"] = Field(description="What replaced a hidden cell")
+    baseline: Baseline = Field(description="What replaced a hidden cell")
     input_size: int = Field(description="Side of the square crop the model saw, in pixels")
     normalisation: str = Field(description="How `scores` were scaled from the probability drops")
 

@@ -8,10 +8,10 @@ from urllib.parse import quote
 from fastapi import APIRouter, Depends, Query, Request, Response
 
 from app.deps import RuntimeDep, require_api_key
-from app.explain import BASELINES, DEFAULT_BASELINE, DEFAULT_GRID, MAX_GRID, MIN_GRID, Baseline
+from app.explain import BASELINES, DEFAULT_BASELINE, DEFAULT_GRID, MAX_GRID, MIN_GRID
 from app.request_context import LOG_FIELDS_KEY
 from app.routes.predict import ERROR_RESPONSES, SINGLE_IMAGE_BODY
-from app.schemas import ExplainResponse
+from app.schemas import Baseline, ExplainResponse
 from app.uploads import read_single_upload
 from model.metadata import NUM_CLASSES
 
