@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -231,15 +231,22 @@ def gate(monkeypatch: pytest.MonkeyPatch) -> Iterator[threading.Event]:
     """While cleared, every inference blocks: lets a test hold requests inside the model."""
     opened = threading.Event()
     opened.set()
-    original = OnnxModel.run
+    # Both ways into the model: shared batches, and a lone batch on the solo session.
+    for name in ("run", "run_solo"):
+        monkeypatch.setattr(OnnxModel, name, _gated(getattr(OnnxModel, name), opened))
+    yield opened
+    opened.set()
 
+
+RunMethod = Callable[[OnnxModel, npt.NDArray[np.float32]], npt.NDArray[np.float32]]
+
+
+def _gated(original: RunMethod, opened: threading.Event) -> RunMethod:
     def gated_run(self: OnnxModel, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         assert opened.wait(RELEASE_TIMEOUT_S), "the test never opened the gate"
         return original(self, batch)
 
-    monkeypatch.setattr(OnnxModel, "run", gated_run)
-    yield opened
-    opened.set()
+    return gated_run
 
 
 def _wait_for_in_flight(client: TestClient, count: int) -> None:
