@@ -21,7 +21,6 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image, ImageDraw, ImageFont
 
-from app.config import DEFAULT_EXPLAIN_GRID, MAX_EXPLAIN_GRID, MIN_EXPLAIN_GRID
 from app.schemas import Baseline, ClassScore, ExplainResponse, ExplainTimingMs, ExplanationMethod, PredictResponse
 from model.metadata import Label, Preprocessing
 
@@ -29,9 +28,6 @@ FloatArray = npt.NDArray[np.float32]
 
 BASELINES: tuple[Baseline, ...] = get_args(Baseline)
 DEFAULT_BASELINE: Baseline = "mean"
-DEFAULT_GRID = DEFAULT_EXPLAIN_GRID
-MIN_GRID = MIN_EXPLAIN_GRID
-MAX_GRID = MAX_EXPLAIN_GRID
 METHOD: Literal["occlusion"] = "occlusion"
 NORMALISATION = "drop / max(|drop|): 1 = the cell whose occlusion lowers the target's probability most"
 

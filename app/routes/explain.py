@@ -7,8 +7,9 @@ from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 
+from app.config import DEFAULT_EXPLAIN_GRID, MAX_EXPLAIN_GRID, MIN_EXPLAIN_GRID
 from app.deps import RuntimeDep, require_api_key
-from app.explain import BASELINES, DEFAULT_BASELINE, DEFAULT_GRID, MAX_GRID, MIN_GRID
+from app.explain import BASELINES, DEFAULT_BASELINE
 from app.request_context import LOG_FIELDS_KEY
 from app.routes.predict import ERROR_RESPONSES, SINGLE_IMAGE_BODY
 from app.schemas import Baseline, ExplainResponse
@@ -26,7 +27,9 @@ REGION_HEADER = "X-Explanation-Region"
 Target = Annotated[
     int | None, Query(ge=0, le=NUM_CLASSES - 1, description="Class index to explain; the top-1 class when omitted")
 ]
-Grid = Annotated[int, Query(ge=MIN_GRID, le=MAX_GRID, description="Occlusion cells per side (grid² model runs)")]
+Grid = Annotated[
+    int, Query(ge=MIN_EXPLAIN_GRID, le=MAX_EXPLAIN_GRID, description="Occlusion cells per side (grid² model runs)")
+]
 BaselineQuery = Annotated[
     Baseline, Query(description=f"What replaces a hidden cell: {' or '.join(BASELINES)} (the model card's mean)")
 ]
@@ -54,7 +57,7 @@ async def explain_image(
     request: Request,
     runtime: RuntimeDep,
     target: Target = None,
-    grid: Grid = DEFAULT_GRID,
+    grid: Grid = DEFAULT_EXPLAIN_GRID,
     baseline: BaselineQuery = DEFAULT_BASELINE,
 ) -> ExplainResponse | Response:
     """Which parts of the image drove the prediction: occlusion sensitivity over a grid of cells."""

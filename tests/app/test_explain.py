@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from app.config import MAX_EXPLAIN_GRID
 from app.explain import (
-    MAX_GRID,
     NORMALISATION,
     OVERLAY_SCALE,
     Cell,
@@ -39,7 +39,7 @@ def _photo_tensor(pre: Preprocessing) -> np.ndarray:
     return to_tensor(scene(SIZE, SIZE, seed=3), pre)
 
 
-@pytest.mark.parametrize("grid", [2, 3, 7, MAX_GRID])
+@pytest.mark.parametrize("grid", [2, 3, 7, MAX_EXPLAIN_GRID])
 def test_cells_tile_the_input_with_sizes_within_one_pixel(grid: int) -> None:
     edges = cell_edges(SIZE, grid)
     sizes = np.diff(edges)

@@ -20,8 +20,8 @@ from PIL import Image
 from starlette.testclient import TestClient
 
 import app.runtime
-from app.config import CPU_PROVIDER
-from app.explain import MAX_GRID, NORMALISATION, OVERLAY_SCALE
+from app.config import CPU_PROVIDER, MAX_EXPLAIN_GRID
+from app.explain import NORMALISATION, OVERLAY_SCALE
 from app.inference import UNTRAINED_WARNING, OnnxModel
 from app.main import create_app
 from app.routes.explain import REGION_HEADER, TEXT_HEADER, wants_png
@@ -180,7 +180,7 @@ def test_the_image_is_decoded_once(client: TestClient, monkeypatch: pytest.Monke
     ("query", "message"),
     [
         ("grid=1", "query.grid: Input should be greater than or equal to 2"),
-        (f"grid={MAX_GRID + 1}", f"query.grid: Input should be less than or equal to {MAX_GRID}"),
+        (f"grid={MAX_EXPLAIN_GRID + 1}", f"query.grid: Input should be less than or equal to {MAX_EXPLAIN_GRID}"),
         ("grid=x", "query.grid: Input should be a valid integer, unable to parse string as an integer"),
         ("target=1000", "query.target: Input should be less than or equal to 999"),
         ("target=-1", "query.target: Input should be greater than or equal to 0"),
@@ -301,6 +301,7 @@ def test_route_is_documented_with_both_answers(client: TestClient) -> None:
     assert set(operation["responses"]["200"]["content"]) == {"application/json", "image/png"}
     assert set(operation["requestBody"]["content"]) == {"multipart/form-data", "image/*", "application/octet-stream"}
     names = {parameter["name"]: parameter["schema"] for parameter in operation["parameters"]}
-    assert names["grid"]["minimum"] == 2 and names["grid"]["maximum"] == MAX_GRID and names["grid"]["default"] == 7
+    grid = names["grid"]
+    assert (grid["minimum"], grid["maximum"], grid["default"]) == (2, MAX_EXPLAIN_GRID, 7)
     for status in ("400", "413", "415", "422", "503", "504"):
         assert status in operation["responses"]
