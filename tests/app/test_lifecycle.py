@@ -33,16 +33,22 @@ def _jpeg() -> bytes:
 
 @pytest.fixture
 def gate(monkeypatch: pytest.MonkeyPatch) -> Iterator[threading.Event]:
-    """While cleared, every inference blocks: lets a test hold requests inside the model."""
+    """While cleared, every inference blocks (on the shared and the solo session): lets a test hold requests
+    inside the model."""
     opened = threading.Event()
     opened.set()
-    original = OnnxModel.run
+    shared, solo = OnnxModel.run, OnnxModel.run_solo
 
     def gated_run(self: OnnxModel, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         assert opened.wait(RELEASE_TIMEOUT_S), "the test never opened the gate"
-        return original(self, batch)
+        return shared(self, batch)
+
+    def gated_solo_run(self: OnnxModel, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        assert opened.wait(RELEASE_TIMEOUT_S), "the test never opened the gate"
+        return solo(self, batch)
 
     monkeypatch.setattr(OnnxModel, "run", gated_run)
+    monkeypatch.setattr(OnnxModel, "run_solo", gated_solo_run)
     yield opened
     opened.set()
 
