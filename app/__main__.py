@@ -32,10 +32,19 @@ class DrainingServer(uvicorn.Server):
     would re-raise the signal after shutting down (exit status 143); a drained server exits 0.
     """
 
-    def __init__(self, config: uvicorn.Config, drain: threading.Event, drain_delay_s: float) -> None:
+    def __init__(
+        self, config: uvicorn.Config, drain: threading.Event, drain_delay_s: float, fatal: threading.Event
+    ) -> None:
         super().__init__(config)
         self._drain = drain
         self._drain_delay_s = drain_delay_s
+        self._fatal = fatal
+
+    async def on_tick(self, counter: int) -> bool:
+        # The app sets `fatal` when it can no longer serve (its log says why): shut down like on SIGTERM.
+        if self._fatal.is_set():
+            self.should_exit = True
+        return await super().on_tick(counter)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if self._drain.is_set():
@@ -86,9 +95,10 @@ def main() -> None:
         logger.error("cannot serve the model: %s", error)
         sys.exit(STARTUP_FAILURE_EXIT_CODE)
     drain = threading.Event()
+    fatal = threading.Event()
     # One worker: the micro-batcher only batches requests that reach the same process.
     config = uvicorn.Config(
-        create_app(settings, drain, model),
+        create_app(settings, drain, model, fatal),
         host=settings.host,
         port=settings.port,
         log_config=None,
@@ -97,9 +107,9 @@ def main() -> None:
         access_log=False,
         timeout_graceful_shutdown=int(settings.graceful_shutdown_s),
     )
-    server = DrainingServer(config, drain, settings.drain_delay_s)
+    server = DrainingServer(config, drain, settings.drain_delay_s, fatal)
     server.run()
-    if not server.started:
+    if not server.started or fatal.is_set():
         sys.exit(STARTUP_FAILURE_EXIT_CODE)
 
 

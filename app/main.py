@@ -31,7 +31,10 @@ DESCRIPTION = (
 
 
 def create_app(
-    settings: Settings | None = None, drain: threading.Event | None = None, model: OnnxModel | None = None
+    settings: Settings | None = None,
+    drain: threading.Event | None = None,
+    model: OnnxModel | None = None,
+    fatal: threading.Event | None = None,
 ) -> FastAPI:
     """The ASGI app. `uvicorn --factory app.main:create_app` calls this with settings from the environment.
 
@@ -45,7 +48,7 @@ def create_app(
     async def lifespan(_: FastAPI) -> AsyncIterator[dict[str, Runtime]]:
         # A model that cannot be served (missing, corrupt, REQUIRE_* not met) fails startup here.
         served = model if model is not None else await anyio.to_thread.run_sync(load_model, settings)
-        runtime = Runtime(settings, served, app_metrics, drain)
+        runtime = Runtime(settings, served, app_metrics, drain, fatal)
         await runtime.start()
         try:
             yield {RUNTIME_STATE_KEY: runtime}

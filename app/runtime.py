@@ -62,6 +62,7 @@ class Runtime:
         model: OnnxModel,
         metrics: Metrics | None = None,
         drain: threading.Event | None = None,
+        fatal: threading.Event | None = None,
     ) -> None:
         self.settings = settings
         self.model = model
@@ -83,6 +84,9 @@ class Runtime:
         self._draining = False
         # Set from outside (SIGTERM) to report not-ready while in-flight requests finish.
         self._drain = drain or threading.Event()
+        # Set here when the model can no longer serve (warm-up failed): `python -m app` then exits non-zero.
+        self._fatal = fatal or threading.Event()
+        self.failure: str | None = None
         self._admitted = 0
         self._warm_up_task: asyncio.Task[None] | None = None
         card = model.card
@@ -150,13 +154,27 @@ class Runtime:
         # batches of 16 after a sequential warm-up grew RSS by 75 MiB, 18 %, on the first loaded batches).
         sizes = tuple(sorted({1, self.max_batch_size}))
         runs = self.settings.warmup_runs
-        await asyncio.gather(*(asyncio.to_thread(self.model.warm_up, runs, sizes) for _ in range(self.plan.instances)))
+        try:
+            await asyncio.gather(
+                *(asyncio.to_thread(self.model.warm_up, runs, sizes) for _ in range(self.plan.instances))
+            )
+        except Exception as error:
+            await self._fail(f"warm-up failed, so this process cannot serve: {type(error).__name__}: {error}", error)
+            return
         self._ready.set()
         logger.info(
             "warm-up done in %.0f ms (%d runs); ready to serve",
             (time.perf_counter() - started) * 1000.0,
             self.settings.warmup_runs,
         )
+
+    async def _fail(self, reason: str, cause: BaseException) -> None:
+        """Stop serving for good: log why at ERROR, release the inference and decode threads, ask to exit."""
+        self.failure = reason
+        logger.error("%s; exiting so that the process is restarted", reason, exc_info=cause)
+        await self._batcher.stop()
+        self._decode_pool.shutdown(wait=False)
+        self._fatal.set()
 
     def ensure_ready(self) -> None:
         if not self._accepting:

@@ -48,8 +48,11 @@ class LiveServer:
         raise AssertionError(f"server not ready within {STARTUP_TIMEOUT_S} s:\n{self.log()}")
 
 
-def spawn_server(model_path: Path, log_path: Path, env: Mapping[str, str] | None = None) -> LiveServer:
-    """Start `python -m app` on a free loopback port, logging to `log_path`; does not wait for readiness."""
+def spawn_server(
+    model_path: Path, log_path: Path, env: Mapping[str, str] | None = None, module: str = "app"
+) -> LiveServer:
+    """Start `python -m app` (or a `module` that wraps it) on a free loopback port, logging to `log_path`;
+    does not wait for readiness."""
     port = free_port()
     environment = {
         **os.environ,
@@ -63,7 +66,7 @@ def spawn_server(model_path: Path, log_path: Path, env: Mapping[str, str] | None
     }
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(
-            [sys.executable, "-m", "app"], env=environment, stdout=log_file, stderr=subprocess.STDOUT
+            [sys.executable, "-m", module], env=environment, stdout=log_file, stderr=subprocess.STDOUT
         )
     return LiveServer(url=f"http://127.0.0.1:{port}", process=process, log_path=log_path)
 

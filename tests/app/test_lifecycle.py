@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import signal
 import threading
 import time
@@ -17,10 +18,12 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from app.__main__ import STARTUP_FAILURE_EXIT_CODE
 from app.config import Settings
 from app.inference import OnnxModel
 from app.main import create_app
-from tests.app.live_server import live_server
+from tests.app.failing_warm_up import WARM_UP_ERROR
+from tests.app.live_server import STARTUP_TIMEOUT_S, live_server, spawn_server
 
 RELEASE_TIMEOUT_S = 30.0
 
@@ -169,3 +172,19 @@ def test_sigterm_under_load_completes_every_accepted_request(served_model_path: 
     assert exit_code == 0
     served = [outcome for outcome in outcomes if outcome != "refused"]
     assert served and all(outcome == "200" for outcome in served), sorted(set(outcomes))
+
+
+@pytest.mark.slow
+def test_a_failed_warm_up_is_logged_and_the_server_exits_non_zero(served_model_path: Path, tmp_path: Path) -> None:
+    server = spawn_server(served_model_path, tmp_path / "server.log", module="tests.app.failing_warm_up")
+    try:
+        returncode = server.process.wait(timeout=STARTUP_TIMEOUT_S)
+    finally:
+        server.process.kill()
+        server.process.wait()
+    log = server.log()
+    assert returncode == STARTUP_FAILURE_EXIT_CODE, log
+    assert re.search(
+        rf"ERROR +warm-up failed, so this process cannot serve: RuntimeError: {re.escape(WARM_UP_ERROR)}", log
+    )
+    assert "shutdown complete" in log, log

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -11,9 +13,11 @@ import pytest
 from starlette.testclient import TestClient
 
 from app.cpus import usable_cpus
-from app.inference import OnnxModel, ProviderReport
+from app.inference import OnnxModel, ProviderReport, load_model
 from app.main import create_app
 from app.plan import max_batch_size
+from app.runtime import Runtime
+from tests.app.failing_warm_up import WARM_UP_ERROR, failing_warm_up
 from tests.app.sample_images import scene_bytes
 from tests.app.service_support import service_settings, wait_until_ready
 
@@ -141,3 +145,37 @@ def test_a_lone_request_runs_on_the_solo_session_and_its_answer_is_the_shared_se
     for ours, theirs in zip(lone.json()["top5"], shared.json()["top5"], strict=True):
         assert ours["index"] == theirs["index"]
         assert ours["probability"] == pytest.approx(theirs["probability"], abs=1e-6)
+
+
+def test_a_failed_warm_up_releases_the_threads_and_asks_to_exit(
+    served_model_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(OnnxModel, "warm_up", failing_warm_up)
+    settings = service_settings(served_model_path)
+    model = load_model(settings)
+    fatal = threading.Event()
+
+    async def fail_to_warm_up() -> tuple[Runtime, set[str]]:
+        runtime = Runtime(settings, model, fatal=fatal)
+        await runtime.start()
+        for _ in range(1000):
+            if fatal.is_set():
+                break
+            await asyncio.sleep(0.01)
+        tasks = {task.get_name() for task in asyncio.all_tasks()}
+        await runtime.stop()
+        return runtime, tasks
+
+    with caplog.at_level(logging.ERROR, logger="app.runtime"):
+        runtime, tasks = asyncio.run(fail_to_warm_up())
+
+    assert fatal.is_set()
+    assert runtime.failure == f"warm-up failed, so this process cannot serve: RuntimeError: {WARM_UP_ERROR}"
+    errors = [record for record in caplog.records if record.levelno >= logging.ERROR]
+    assert [(record.name, record.getMessage()) for record in errors] == [
+        ("app.runtime", f"{runtime.failure}; exiting so that the process is restarted")
+    ]
+    assert errors[0].exc_info is not None  # the cause's traceback
+    assert not any(name.startswith("micro-batcher") for name in tasks)
+    with pytest.raises(RuntimeError, match="after shutdown"):
+        runtime._decode_pool.submit(int)  # released, not merely idle
