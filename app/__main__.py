@@ -10,6 +10,7 @@ import threading
 from types import FrameType
 
 import uvicorn
+from pydantic import ValidationError
 
 from app.bootstrap import ensure_model
 from app.config import get_settings
@@ -86,7 +87,13 @@ def _return_large_buffers_to_the_system() -> None:
 
 def main() -> None:
     _return_large_buffers_to_the_system()
-    settings = get_settings()
+    try:
+        settings = get_settings()
+    except ValidationError as error:
+        # Before logging is configured (it needs the settings): one line on stderr, no traceback.
+        problems = "; ".join(f"ALEXNET_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in error.errors())
+        sys.stderr.write(f"error: invalid configuration: {problems}\n")
+        sys.exit(STARTUP_FAILURE_EXIT_CODE)
     configure_logging(settings.log_level, settings.log_format)
     ensure_model(settings)
     try:
@@ -105,7 +112,9 @@ def main() -> None:
         log_level=settings.log_level,
         # app.access writes one structured line per request instead.
         access_log=False,
-        timeout_graceful_shutdown=int(settings.graceful_shutdown_s),
+        # uvicorn annotates an int but passes it to asyncio.wait_for, which takes fractions; int() made 0.5 s
+        # into 0, which cancelled every request in flight at once.
+        timeout_graceful_shutdown=settings.graceful_shutdown_s,  # type: ignore[arg-type]
     )
     server = DrainingServer(config, drain, settings.drain_delay_s, fatal)
     server.run()

@@ -113,6 +113,16 @@ class Settings(BaseSettings):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
+    @field_validator("api_key")
+    @classmethod
+    def _no_empty_api_key(cls, value: SecretStr | None) -> SecretStr | None:
+        # compose's `${API_KEY}` of an unset variable is "", and "" matched a missing Authorization header.
+        if value is not None and not value.get_secret_value().strip():
+            raise ValueError(
+                "ALEXNET_API_KEY is set but empty; set a key, or unset the variable to run without authentication"
+            )
+        return value
+
     @field_validator("providers")
     @classmethod
     def _known_providers(cls, value: list[str]) -> list[str]:

@@ -24,6 +24,12 @@ from app.runtime import Runtime
 
 logger = logging.getLogger(__name__)
 
+# Said at startup, so an open API is never a surprise.
+AUTHENTICATION_LOG = {
+    "on": "API key authentication is on: predictions need `Authorization: Bearer <ALEXNET_API_KEY>`",
+    "off": "API key authentication is off: anyone who can reach the server can call the API (set ALEXNET_API_KEY)",
+}
+
 DESCRIPTION = (
     "ImageNet-1k classification with AlexNet (BVLC release, or torchvision's variant) on onnxruntime. "
     "POST an image to /v1/predict; check /v1/model for what is being served."
@@ -46,6 +52,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[dict[str, Runtime]]:
+        logger.info(AUTHENTICATION_LOG["on" if settings.api_key is not None else "off"])
         # A model that cannot be served (missing, corrupt, REQUIRE_* not met) fails startup here.
         served = model if model is not None else await anyio.to_thread.run_sync(load_model, settings)
         runtime = Runtime(settings, served, app_metrics, drain, fatal)

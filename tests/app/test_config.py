@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import uvicorn
 from pydantic import ValidationError
+from starlette.testclient import TestClient
 
+import app.__main__
 import app.cpus
-from app.config import CPU_PROVIDER, CUDA_PROVIDER, Settings
+from app.__main__ import STARTUP_FAILURE_EXIT_CODE
+from app.config import CPU_PROVIDER, CUDA_PROVIDER, Settings, get_settings
+from app.main import AUTHENTICATION_LOG, create_app
+from tests.app.service_support import service_settings
 
 
 @pytest.mark.parametrize(
@@ -101,3 +110,57 @@ def test_thread_defaults_follow_a_two_cpu_cgroup_quota_not_the_hosts_cpus(
 
     assert settings.decode_threads == 2
     assert settings.intra_op_threads == 1
+
+
+@pytest.mark.parametrize("value", ["", "   "])
+def test_an_empty_api_key_is_refused_not_taken_as_no_key(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    # compose's `ALEXNET_API_KEY: ${API_KEY}` gives "" when API_KEY is unset; "" then matched a missing header.
+    monkeypatch.setenv("ALEXNET_API_KEY", value)
+    with pytest.raises(ValidationError, match="ALEXNET_API_KEY is set but empty"):
+        Settings()
+
+
+def test_the_server_refuses_to_start_with_an_empty_api_key_in_one_line(tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "ALEXNET_API_KEY": "",
+        "ALEXNET_MODEL_PATH": str(tmp_path / "absent.onnx"),
+        "ALEXNET_AUTO_EXPORT": "false",
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "app"], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == STARTUP_FAILURE_EXIT_CODE
+    assert result.stderr.startswith("error: invalid configuration: ALEXNET_API_KEY: ")
+    assert "ALEXNET_API_KEY is set but empty" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(("api_key", "state"), [("s3cret", "on"), (None, "off")])
+def test_startup_logs_whether_authentication_is_on(
+    served_model_path: Path, caplog: pytest.LogCaptureFixture, api_key: str | None, state: str
+) -> None:
+    settings = service_settings(served_model_path, warmup_runs=0, api_key=api_key)
+    with caplog.at_level(logging.INFO, logger="app.main"), TestClient(create_app(settings)):
+        pass
+    assert [message for message in caplog.messages if message.startswith("API key authentication")] == [
+        AUTHENTICATION_LOG[state]
+    ]
+
+
+def test_graceful_shutdown_keeps_fractions_of_a_second(
+    served_model_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    configs: list[uvicorn.Config] = []
+    monkeypatch.setenv("ALEXNET_GRACEFUL_SHUTDOWN_S", "0.5")
+    monkeypatch.setenv("ALEXNET_MODEL_PATH", str(served_model_path))
+    monkeypatch.setenv("ALEXNET_PROVIDERS", CPU_PROVIDER)
+    monkeypatch.setattr(app.__main__, "configure_logging", lambda *args: None)
+    monkeypatch.setattr(app.__main__, "_return_large_buffers_to_the_system", lambda: None)
+    monkeypatch.setattr(app.__main__.DrainingServer, "run", lambda server: configs.append(server.config))
+    get_settings.cache_clear()
+    try:
+        with pytest.raises(SystemExit):  # the server never started
+            app.__main__.main()
+    finally:
+        get_settings.cache_clear()
+    assert [config.timeout_graceful_shutdown for config in configs] == [0.5]
