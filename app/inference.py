@@ -107,14 +107,20 @@ class OnnxModel:
         probabilities: FloatArray = outputs[0]
         return probabilities
 
-    def warm_up(self, runs: int, batch_sizes: tuple[int, ...] = (1,)) -> None:
-        """Run dummy batches so the first real requests do not pay for allocation and kernel selection."""
+    def warm_up(
+        self, runs: int, batch_sizes: tuple[int, ...] = (1,), solo_batch_sizes: tuple[int, ...] | None = None
+    ) -> None:
+        """Run dummy batches so the first real requests do not pay for allocation and kernel selection.
+
+        The solo session, if any, is warmed at `solo_batch_sizes` (default: `batch_sizes`; empty: not at all).
+        """
         size = self.card.preprocessing.input_size
-        sessions = [self._session] if self._solo_session is None else [self._session, self._solo_session]
-        for batch_size in batch_sizes:
-            dummy = np.zeros((batch_size, 3, size, size), dtype=np.float32)
-            for session, _ in itertools.product(sessions, range(runs)):
-                self._run_on(session, dummy)
+        plan = [(self._session, batch_size) for batch_size in batch_sizes]
+        if self._solo_session is not None:
+            solo_sizes = batch_sizes if solo_batch_sizes is None else solo_batch_sizes
+            plan += [(self._solo_session, batch_size) for batch_size in solo_sizes]
+        for (session, batch_size), _ in itertools.product(plan, range(runs)):
+            self._run_on(session, np.zeros((batch_size, 3, size, size), dtype=np.float32))
 
 
 def load_model(settings: Settings) -> OnnxModel:

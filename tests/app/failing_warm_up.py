@@ -8,7 +8,9 @@ from app.inference import OnnxModel
 WARM_UP_ERROR = "CUDA error: out of memory (simulated by tests/app/failing_warm_up.py)"
 
 
-def failing_warm_up(self: OnnxModel, runs: int, batch_sizes: tuple[int, ...] = (1,)) -> None:
+def failing_warm_up(
+    self: OnnxModel, runs: int, batch_sizes: tuple[int, ...] = (1,), solo_batch_sizes: tuple[int, ...] | None = None
+) -> None:
     raise RuntimeError(WARM_UP_ERROR)
 
 

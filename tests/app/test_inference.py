@@ -20,6 +20,7 @@ from app.inference import (
     CPU_FALLBACK_WARNING,
     TENSORRT_LIBRARY,
     UNTRAINED_WARNING,
+    OnnxModel,
     ProviderReport,
     _tensorrt_installed,
     load_model,
@@ -333,3 +334,20 @@ def test_cpu_only_settings_never_preload(served_model_path: Path, monkeypatch: p
     calls = fake_preload(monkeypatch, "")
     load_model(cpu_settings(served_model_path))
     assert calls == []
+
+
+def test_warm_up_runs_each_session_at_its_own_sizes(served_model_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    model = load_model(cpu_settings(served_model_path, intra_op_threads=1, solo_session=True))
+    if model.solo_threads is None:
+        pytest.skip("one usable CPU: there is no solo session")
+    runs: list[tuple[str, int]] = []
+    monkeypatch.setattr(
+        OnnxModel,
+        "_run_on",
+        lambda self, session, batch: runs.append(("solo" if session is self._solo_session else "shared", len(batch))),
+    )
+
+    model.warm_up(2, (1, 16), (1,))
+    model.warm_up(1, (4,), ())
+
+    assert runs == [("shared", 1)] * 2 + [("shared", 16)] * 2 + [("solo", 1)] * 2 + [("shared", 4)]
