@@ -98,6 +98,9 @@ class Settings(BaseSettings):
     batch_timeout_ms: float = Field(default=0.0, ge=0)
     max_queue_size: int = Field(default=256, ge=1)
     request_timeout_s: float = Field(default=30.0, gt=0)
+    # An inference run still going after this many request deadlines is stuck (a hung GPU, a deadlocked
+    # driver): /health/live then answers 503 so the orchestrator restarts the process.
+    stuck_run_deadlines: float = Field(default=4.0, gt=0)
     graceful_shutdown_s: float = Field(default=20.0, ge=0)
     # After SIGTERM, keep serving while reporting not-ready, so load balancers stop routing here first.
     drain_delay_s: float = Field(default=0.0, ge=0)

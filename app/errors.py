@@ -61,6 +61,12 @@ class ModelNotReadyError(ServiceError):
     code = "model_not_ready"
 
 
+class ModelStuckError(ServiceError):
+    """The process cannot serve any more (a run that never returns, a failed warm-up): restart it."""
+
+    code = "model_stuck"
+
+
 class OverloadedError(ServiceError):
     code = "overloaded"
 
@@ -100,6 +106,7 @@ STATUS_BY_ERROR: dict[type[ServiceError], int] = {
     ModelNotFoundError: 404,
     InferenceError: 500,
     ModelNotReadyError: 503,
+    ModelStuckError: 503,
     OverloadedError: 503,
     DeadlineExceededError: 504,
 }

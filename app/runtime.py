@@ -119,6 +119,20 @@ class Runtime:
         """When each inference run now in flight started (time.perf_counter()), oldest first."""
         return self._batcher.runs_started_at
 
+    def liveness_problem(self) -> str | None:
+        """Why this process should be restarted (a failed warm-up, a stuck run), or None while it is healthy."""
+        if self.failure is not None:
+            return self.failure
+        started = self.runs_started_at
+        limit_s = self.settings.stuck_run_deadlines * self.settings.request_timeout_s
+        if started and (running_s := time.perf_counter() - started[0]) > limit_s:
+            return (
+                f"an inference run has not returned for {running_s:.1f} s, more than "
+                f"{self.settings.stuck_run_deadlines:g} request deadlines ({limit_s:g} s); "
+                "the model is stuck, restart the process"
+            )
+        return None
+
     def model_summary(self) -> ModelSummary:
         card = self.model.card
         return ModelSummary(name=card.name, weights=card.weights, sha256=card.weights_sha256, trained=card.trained)

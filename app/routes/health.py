@@ -9,15 +9,18 @@ from fastapi import APIRouter
 
 from app import __version__
 from app.deps import RuntimeDep
-from app.errors import ModelNotReadyError
+from app.errors import ModelNotReadyError, ModelStuckError
 from app.schemas import ErrorResponse, HealthResponse, InferencePlanInfo, LiveResponse, ReadyResponse
 
 router = APIRouter(prefix="/health", tags=["health"])
 
 
-@router.get("/live", response_model=LiveResponse)
-async def get_liveness() -> LiveResponse:
-    """The process is up and serving HTTP."""
+@router.get("/live", response_model=LiveResponse, responses={503: {"model": ErrorResponse}})
+async def get_liveness(runtime: RuntimeDep) -> LiveResponse:
+    """The process is up and serving HTTP; 503 (restart it) if the model is stuck or failed to warm up."""
+    problem = runtime.liveness_problem()
+    if problem is not None:
+        raise ModelStuckError(problem)
     return LiveResponse()
 
 

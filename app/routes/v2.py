@@ -42,10 +42,11 @@ def _check_model_name(name: str) -> None:
         raise ModelNotFoundError(f"unknown model {name!r}; this server serves {MODEL_NAME!r}")
 
 
-@router.get("/health/live")
-async def get_v2_live() -> dict[str, bool]:
-    """v2 liveness."""
-    return {"live": True}
+@router.get("/health/live", responses={503: {"content": {"application/json": {"example": {"live": False}}}}})
+async def get_v2_live(runtime: RuntimeDep) -> JSONResponse:
+    """v2 liveness: 503 if the model is stuck or failed to warm up (/health/live says why)."""
+    live = runtime.liveness_problem() is None
+    return JSONResponse({"live": live}, status_code=200 if live else 503)
 
 
 @router.get("/health/ready", responses=NOT_READY)

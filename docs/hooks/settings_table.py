@@ -75,6 +75,7 @@ MEANINGS = {
     "while a batch runs still share the next one)",
     "max_queue_size": "images in flight (decoding, queued or running) before new requests get 503 at once",
     "request_timeout_s": "per-request deadline (504 after it)",
+    "stuck_run_deadlines": "an inference run still going after this many request deadlines fails `/health/live` (503)",
     "graceful_shutdown_s": "after the listener closes, how long to wait for in-flight requests",
     "drain_delay_s": "after SIGTERM, keep serving this long while `/health/ready` says 503, so load balancers "
     "stop routing here first",

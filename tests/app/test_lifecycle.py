@@ -188,3 +188,25 @@ def test_a_failed_warm_up_is_logged_and_the_server_exits_non_zero(served_model_p
         rf"ERROR +warm-up failed, so this process cannot serve: RuntimeError: {re.escape(WARM_UP_ERROR)}", log
     )
     assert "shutdown complete" in log, log
+
+
+def test_a_run_stuck_past_the_deadlines_fails_liveness_until_it_returns(
+    served_model_path: Path, gate: threading.Event
+) -> None:
+    with _client(served_model_path, request_timeout_s=0.2, stuck_run_deadlines=2) as client:
+        _wait_until(lambda: client.get("/health/ready").status_code == 200)
+        assert client.get("/health/live").status_code == 200
+        gate.clear()
+        assert _post(client).status_code == 504  # the caller gives up; the run itself stays stuck
+        _wait_until(lambda: client.get("/health/live").status_code == 503)
+        stuck = client.get("/health/live").json()
+        v2_stuck = client.get("/v2/health/live")
+        gate.set()
+        _wait_until(lambda: client.get("/health/live").status_code == 200)
+    assert stuck["error"]["code"] == "model_stuck"
+    assert re.fullmatch(
+        r"an inference run has not returned for \d+\.\d s, more than 2 request deadlines \(0\.4 s\); "
+        r"the model is stuck, restart the process",
+        stuck["error"]["message"],
+    )
+    assert (v2_stuck.status_code, v2_stuck.json()) == (503, {"live": False})

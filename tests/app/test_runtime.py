@@ -179,6 +179,7 @@ def test_a_failed_warm_up_releases_the_threads_and_asks_to_exit(
 
     assert fatal.is_set()
     assert runtime.failure == f"warm-up failed, so this process cannot serve: RuntimeError: {WARM_UP_ERROR}"
+    assert runtime.liveness_problem() == runtime.failure  # /health/live: 503 for the orchestrator too
     errors = [record for record in caplog.records if record.levelno >= logging.ERROR]
     assert [(record.name, record.getMessage()) for record in errors] == [
         ("app.runtime", f"{runtime.failure}; exiting so that the process is restarted")
