@@ -6,7 +6,7 @@ from functools import cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from app.cpus import usable_cpus
@@ -25,6 +25,9 @@ MAX_EXPLAIN_GRID = 14
 # (0.67x of batch 1 at 8, 0.63x at 32), so larger batches only add latency. A GPU's cost per batch grows far
 # slower than the batch (not yet measured here: bench/gpu_check.sh times batch 1/8/64/256).
 CPU_MAX_BATCH_SIZE = 16
+DEFAULT_MEMORY_BUDGET_BYTES = 256 * 1024 * 1024
+# A multipart body is charged twice (app/limits.py), and the largest one must always fit an idle budget.
+MULTIPART_CHARGE_FACTOR = 2
 GPU_MAX_BATCH_SIZE = 64
 # Concurrent runs on a GPU when ALEXNET_INFERENCE_INSTANCES is unset: two let one batch's host-device copies
 # overlap the other's kernels (as Triton's default of instances per GPU does); not yet measured here.
@@ -87,6 +90,11 @@ class Settings(BaseSettings):
     warmup_runs: int = Field(default=2, ge=0)
 
     max_body_bytes: int = Field(default=20 * 1024 * 1024, ge=1)
+    # Bytes that request bodies and decoding images may hold at once; bodies beyond it get 503 unread. The
+    # default fits the Kubernetes limit (docs/reliability.md, Memory, has the formula and the arithmetic).
+    memory_budget_bytes: int = Field(default=DEFAULT_MEMORY_BUDGET_BYTES, ge=1)
+    # The whole body must arrive within this, else 408: slow senders cannot hold the budget for ever.
+    body_read_timeout_s: float = Field(default=60.0, gt=0)
     max_image_pixels: int = Field(default=40_000_000, ge=1)
     max_batch_images: int = Field(default=32, ge=1)
 
@@ -125,6 +133,16 @@ class Settings(BaseSettings):
                 "ALEXNET_API_KEY is set but empty; set a key, or unset the variable to run without authentication"
             )
         return value
+
+    @model_validator(mode="after")
+    def _budget_holds_the_largest_body(self) -> Settings:
+        if self.memory_budget_bytes < MULTIPART_CHARGE_FACTOR * self.max_body_bytes:
+            raise ValueError(
+                f"ALEXNET_MEMORY_BUDGET_BYTES ({self.memory_budget_bytes}) must be at least "
+                f"{MULTIPART_CHARGE_FACTOR} x ALEXNET_MAX_BODY_BYTES ({self.max_body_bytes}), "
+                "or the largest allowed upload could never be admitted"
+            )
+        return self
 
     @field_validator("providers")
     @classmethod

@@ -75,8 +75,16 @@ class OverloadedError(ServiceError):
         self.retry_after_s = retry_after_s
 
 
+class MemoryBudgetFullError(OverloadedError):
+    """The request body does not fit the memory budget now; refused before (or while) it is read."""
+
+
 class DeadlineExceededError(ServiceError):
     code = "deadline_exceeded"
+
+
+class BodyReadTimeoutError(ServiceError):
+    code = "body_read_timeout"
 
 
 class ModelNotFoundError(ServiceError):
@@ -104,12 +112,17 @@ STATUS_BY_ERROR: dict[type[ServiceError], int] = {
     UnsupportedMediaTypeError: 415,
     InvalidParameterError: 422,
     ModelNotFoundError: 404,
+    BodyReadTimeoutError: 408,
     InferenceError: 500,
     ModelNotReadyError: 503,
     ModelStuckError: 503,
     OverloadedError: 503,
     DeadlineExceededError: 504,
 }
+
+# Answered while the body is (partly) unread: close rather than read and discard the rest (it may be a gigabyte,
+# or trickle in for minutes).
+CLOSES_CONNECTION: tuple[type[ServiceError], ...] = (PayloadTooLargeError, MemoryBudgetFullError, BodyReadTimeoutError)
 
 INTERNAL_ERROR_MESSAGE = "internal server error; the request ID in the logs has details"
 
@@ -138,8 +151,7 @@ def error_response(error: ServiceError, path: str = "") -> JSONResponse:
         headers["Retry-After"] = str(error.retry_after_s)
     if isinstance(error, UnauthorizedError):
         headers["WWW-Authenticate"] = "Bearer"
-    if isinstance(error, PayloadTooLargeError):
-        # Close rather than read and discard the rest of an oversized body (it may be a gigabyte).
+    if isinstance(error, CLOSES_CONNECTION):
         headers["Connection"] = "close"
     body = error_body(error.code, error.message, path=path)
     return JSONResponse(body, status_code=status_for(error), headers=headers)

@@ -12,11 +12,12 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from app import __version__
+from app.budget import MemoryBudget
 from app.config import Settings, get_settings
 from app.deps import RUNTIME_STATE_KEY
 from app.errors import install_error_handlers
 from app.inference import OnnxModel, load_model
-from app.limits import BodySizeLimitMiddleware
+from app.limits import RequestBodyLimitsMiddleware
 from app.metrics import Metrics
 from app.request_context import RequestContextMiddleware, UnexpectedErrorMiddleware
 from app.routes import explain, health, metrics, models, predict, v2, web
@@ -49,13 +50,16 @@ def create_app(
     """
     settings = settings or get_settings()
     app_metrics = Metrics()
+    # One budget for the process: the middleware reserves bodies in it, the runtime charges decoding images.
+    budget = MemoryBudget(settings.memory_budget_bytes)
+    app_metrics.track_memory(budget.limit_bytes, lambda: budget.in_flight_bytes)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[dict[str, Runtime]]:
         logger.info(AUTHENTICATION_LOG["on" if settings.api_key is not None else "off"])
         # A model that cannot be served (missing, corrupt, REQUIRE_* not met) fails startup here.
         served = model if model is not None else await anyio.to_thread.run_sync(load_model, settings)
-        runtime = Runtime(settings, served, app_metrics, drain, fatal)
+        runtime = Runtime(settings, served, app_metrics, drain, fatal, budget=budget)
         await runtime.start()
         try:
             yield {RUNTIME_STATE_KEY: runtime}
@@ -71,8 +75,14 @@ def create_app(
     )
     # Added first = innermost: an unexpected error's 500 then passes through all the others (CORS, request ID).
     app.add_middleware(UnexpectedErrorMiddleware)
-    # Added last = outermost: request IDs and metrics cover every response, 413s included.
-    app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+    # Added last = outermost: request IDs and metrics cover every response, 413s, 503s and 408s included.
+    app.add_middleware(
+        RequestBodyLimitsMiddleware,
+        max_body_bytes=settings.max_body_bytes,
+        budget=budget,
+        read_timeout_s=settings.body_read_timeout_s,
+        metrics=app_metrics,
+    )
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

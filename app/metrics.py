@@ -67,6 +67,26 @@ class Metrics:
         self.in_flight = Gauge("alexnet_in_flight_requests", "HTTP requests being served", registry=registry)
         self.queue_depth = Gauge("alexnet_queue_depth", "Images waiting for an inference batch", registry=registry)
         self.ready = Gauge("alexnet_ready", "1 when the model is warmed up and serving", registry=registry)
+        self.memory_in_flight = Gauge(
+            "alexnet_memory_in_flight_bytes",
+            "Bytes held by requests: bodies being received or waiting, and images being decoded",
+            registry=registry,
+        )
+        self.memory_budget = Gauge(
+            "alexnet_memory_budget_bytes",
+            "The memory budget for request bodies (ALEXNET_MEMORY_BUDGET_BYTES)",
+            registry=registry,
+        )
+        self.budget_refusals = Counter(
+            "alexnet_memory_budget_refusals_total",
+            "Requests refused with 503 because their body did not fit the memory budget",
+            registry=registry,
+        )
+        self.body_read_timeouts = Counter(
+            "alexnet_body_read_timeouts_total",
+            "Requests answered 408 because their body did not arrive within ALEXNET_BODY_READ_TIMEOUT_S",
+            registry=registry,
+        )
         self.model_info = Info("alexnet_model", "The model being served", registry=registry)
 
     def describe_model(self, *, name: str, weights: str, trained: bool, provider: str, sha256: str) -> None:
@@ -76,6 +96,10 @@ class Metrics:
 
     def track_queue_depth(self, depth: Callable[[], int]) -> None:
         self.queue_depth.set_function(lambda: float(depth()))
+
+    def track_memory(self, limit_bytes: int, in_flight_bytes: Callable[[], int]) -> None:
+        self.memory_budget.set(limit_bytes)
+        self.memory_in_flight.set_function(lambda: float(in_flight_bytes()))
 
     def track_readiness(self, ready: Callable[[], bool]) -> None:
         self.ready.set_function(lambda: 1.0 if ready() else 0.0)

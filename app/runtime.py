@@ -4,23 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 
 from app.batching import InferenceResult, MicroBatcher
+from app.budget import MemoryBudget
 from app.config import DEFAULT_TOP_K, Settings
 from app.errors import (
     DeadlineExceededError,
     InvalidParameterError,
     ModelNotReadyError,
     OverloadedError,
+    PayloadTooLargeError,
     ServiceError,
 )
 from app.explain import (
@@ -35,7 +38,7 @@ from app.inference import OnnxModel
 from app.metrics import Metrics
 from app.plan import inference_plan
 from app.postprocessing import TOP5, ranked
-from app.preprocessing import decode_image, preprocess
+from app.preprocessing import decoding_bytes, load_image, open_image, preprocess
 from app.schemas import Baseline, ClassScore, ExplainResponse, ExplainTimingMs, ModelSummary, PredictResponse, TimingMs
 from model.metadata import Preprocessing
 
@@ -44,13 +47,21 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-def prepare_image(data: bytes, pre: Preprocessing, settings: Settings) -> tuple[npt.NDArray[np.float32], float, float]:
-    """What the server does to each upload before inference: (tensor [3, S, S], decode ms, preprocess ms)."""
+def prepare_image(
+    data: bytes, pre: Preprocessing, settings: Settings, budget: MemoryBudget | None = None
+) -> tuple[npt.NDArray[np.float32], float, float]:
+    """What the server does to each upload before inference: (tensor [3, S, S], decode ms, preprocess ms).
+
+    The decoded pixels are charged to `budget` from the header's size until only the tensor is left.
+    """
     started = time.perf_counter()
     draft_size = pre.resize_size if settings.fast_jpeg_decode else None
-    decoded = decode_image(data, max_pixels=settings.max_image_pixels, draft_size=draft_size)
-    decoded_at = time.perf_counter()
-    tensor = preprocess(decoded.image, pre)
+    opened = open_image(data, max_pixels=settings.max_image_pixels, draft_size=draft_size)
+    with budget.charged(decoding_bytes(opened)) if budget is not None else contextlib.nullcontext():
+        decoded = load_image(opened)
+        decoded_at = time.perf_counter()
+        tensor = preprocess(decoded.image, pre)
+        del opened, decoded
     finished = time.perf_counter()
     return tensor, (decoded_at - started) * 1000.0, (finished - decoded_at) * 1000.0
 
@@ -63,10 +74,12 @@ class Runtime:
         metrics: Metrics | None = None,
         drain: threading.Event | None = None,
         fatal: threading.Event | None = None,
+        budget: MemoryBudget | None = None,
     ) -> None:
         self.settings = settings
         self.model = model
         self.metrics = metrics or Metrics()
+        self.budget = budget or MemoryBudget(settings.memory_budget_bytes)
         self.started_at = time.monotonic()
         self._decode_pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
         self.plan = inference_plan(settings, on_gpu=model.providers.on_gpu, solo=model.solo_threads)
@@ -210,31 +223,77 @@ class Runtime:
         except ServiceError as error:
             self.metrics.images.labels(error.code).inc()
             raise
-        self.metrics.images.labels("ok").inc()
         timing = response.timing_ms
-        self.metrics.decode_seconds.observe(timing.decode / 1000.0)
-        self.metrics.preprocess_seconds.observe(timing.preprocess / 1000.0)
-        self.metrics.queue_seconds.observe(timing.queue / 1000.0)
+        self._observe_image(timing.decode, timing.preprocess, timing.queue)
         return response
 
     async def infer_images(self, blobs: list[bytes]) -> npt.NDArray[np.float32]:
-        """Probabilities [N, 1000] for N encoded images; any bad image fails the whole call."""
+        """Probabilities [N, 1000] for N encoded images; the first bad image fails the call and cancels the rest."""
         self.ensure_ready()
 
         async def one(data: bytes) -> npt.NDArray[np.float32]:
-            tensor, _, _ = await self._prepare_off_loop(data)
-            return (await self._batcher.infer(tensor)).probabilities
+            tensor, decode_ms, preprocess_ms = await self._prepare_off_loop(data)
+            result = await self._batcher.infer(tensor)
+            self._observe_image(decode_ms, preprocess_ms, result.queue_ms)
+            return result.probabilities
 
-        with self._admitted_images(len(blobs)):
-            rows = await self._within_deadline(asyncio.gather(*(one(blob) for blob in blobs)))
-        return np.stack(rows)
+        return np.stack(await self._all_or_nothing([functools.partial(one, blob) for blob in blobs]))
 
     async def infer_tensors(self, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         """Probabilities [N, 1000] for already preprocessed images [N, 3, S, S]."""
         self.ensure_ready()
-        with self._admitted_images(len(batch)):
-            results = await self._within_deadline(asyncio.gather(*(self._batcher.infer(row) for row in batch)))
-        return np.stack([result.probabilities for result in results])
+
+        async def one(row: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+            result = await self._batcher.infer(row)
+            self._observe_image(None, None, result.queue_ms)
+            return result.probabilities
+
+        return np.stack(await self._all_or_nothing([functools.partial(one, row) for row in batch]))
+
+    async def off_loop(self, work: Callable[[], T]) -> T:
+        """CPU-heavy request work besides decoding (parsing a v2 body) on the decode pool, off the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(self._decode_pool, work)
+
+    async def _all_or_nothing(self, jobs: Sequence[Callable[[], Coroutine[Any, Any, T]]]) -> list[T]:
+        """One request's images as one admitted unit, within the deadline: the first failure cancels the rest,
+        and admission is held until every image has finished or been cancelled."""
+        finished = 0
+        failed = False
+
+        async def counted(job: Callable[[], Coroutine[Any, Any, T]]) -> T:
+            nonlocal finished, failed
+            try:
+                outcome = await job()
+            except ServiceError as error:
+                finished, failed = finished + 1, True
+                self.metrics.images.labels(error.code).inc()
+                raise
+            finished += 1
+            return outcome
+
+        async def all_of_them() -> list[T]:
+            try:
+                async with asyncio.TaskGroup() as group:
+                    tasks = [group.create_task(counted(job)) for job in jobs]
+            except BaseExceptionGroup as group_error:
+                # The first failure cancelled its siblings: it is the one to report.
+                raise group_error.exceptions[0] from None
+            return [task.result() for task in tasks]
+
+        try:
+            with self._admitted_images(len(jobs)):
+                return await self._within_deadline(all_of_them())
+        except ServiceError as error:
+            # Images without an outcome of their own: refused with the request, or cancelled with a sibling.
+            self.metrics.images.labels("cancelled" if failed else error.code).inc(len(jobs) - finished)
+            raise
+
+    def _observe_image(self, decode_ms: float | None, preprocess_ms: float | None, queue_ms: float) -> None:
+        self.metrics.images.labels("ok").inc()
+        if decode_ms is not None and preprocess_ms is not None:
+            self.metrics.decode_seconds.observe(decode_ms / 1000.0)
+            self.metrics.preprocess_seconds.observe(preprocess_ms / 1000.0)
+        self.metrics.queue_seconds.observe(queue_ms / 1000.0)
 
     async def explain(
         self, data: bytes, *, target: int | None, grid: int, baseline: Baseline, overlay: bool
@@ -262,6 +321,12 @@ class Runtime:
     @contextlib.contextmanager
     def _admitted_images(self, count: int) -> Iterator[None]:
         """Admission control: bound the images in flight (decoding, queued, running) and shed the rest at once."""
+        if count > self.settings.max_queue_size:
+            # Never admissible, however long the client waits: not a "retry shortly".
+            raise PayloadTooLargeError(
+                f"{count} images in one request, but at most {self.settings.max_queue_size} can be in flight; "
+                "split the request"
+            )
         if self._admitted + count > self.settings.max_queue_size:
             raise OverloadedError(
                 f"the server is at capacity ({self.settings.max_queue_size} images in flight); retry shortly"
@@ -350,7 +415,7 @@ class Runtime:
         return await asyncio.get_running_loop().run_in_executor(self._decode_pool, self._prepare, data)
 
     def _prepare(self, data: bytes) -> tuple[npt.NDArray[np.float32], float, float]:
-        return prepare_image(data, self.model.card.preprocessing, self.settings)
+        return prepare_image(data, self.model.card.preprocessing, self.settings, self.budget)
 
     def _response(
         self,

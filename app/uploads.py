@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import sys
 from dataclasses import dataclass
 from pathlib import PureWindowsPath
 
-from starlette.datastructures import UploadFile
-from starlette.exceptions import HTTPException
+from starlette.datastructures import FormData, UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 
 from app.errors import InvalidParameterError, PayloadTooLargeError, UnsupportedMediaTypeError
@@ -14,6 +16,7 @@ from app.errors import InvalidParameterError, PayloadTooLargeError, UnsupportedM
 SINGLE_FIELD = "file"
 BATCH_FIELD = "files"
 RAW_BODY_TYPES = ("application/octet-stream",)
+MAX_FORM_FIELDS = 16
 ACCEPTED_TYPES_HINT = "multipart/form-data, image/*, or application/octet-stream"
 
 
@@ -71,14 +74,24 @@ async def read_batch_uploads(request: Request, max_files: int) -> list[Upload]:
     return uploads
 
 
+async def _parsed_form(request: Request, max_files: int) -> FormData:
+    async with contextlib.aclosing(request.stream()) as stream:
+        parser = MultiPartParser(request.headers, stream, max_files=max_files, max_fields=MAX_FORM_FIELDS)
+        # Parts stay in memory, never spooled to disk: the memory budget has counted the body (twice, for
+        # this), while four stalled uploads spooled to the pod's 64 MiB /tmp would get it evicted. The body-size
+        # limit bounds each part.
+        parser.spool_max_size = sys.maxsize
+        return await parser.parse()
+
+
 async def _multipart_files(request: Request, field: str, max_files: int) -> list[Upload]:
     try:
-        form = await request.form(max_files=max_files, max_fields=16)
-    except HTTPException as error:
-        # Starlette reports multipart limits and syntax errors as HTTP 400s; translate them to domain errors.
-        if "Too many files" in str(error.detail):
+        form = await _parsed_form(request, max_files)
+    except MultiPartException as error:
+        # Starlette's multipart limits and syntax errors, as domain errors.
+        if "Too many files" in error.message:
             raise PayloadTooLargeError(f"at most {max_files} image(s) per request") from None
-        raise InvalidParameterError(f"malformed multipart body: {error.detail}") from None
+        raise InvalidParameterError(f"malformed multipart body: {error.message}") from None
     try:
         uploads = []
         for value in form.getlist(field):

@@ -164,3 +164,15 @@ def test_graceful_shutdown_keeps_fractions_of_a_second(
     finally:
         get_settings.cache_clear()
     assert [config.timeout_graceful_shutdown for config in configs] == [0.5]
+
+
+def test_the_memory_budget_must_hold_the_largest_multipart_body() -> None:
+    """A multipart body is charged twice; a budget smaller than that would refuse the largest upload for ever."""
+    with pytest.raises(ValidationError, match=r"must be at least 2 x ALEXNET_MAX_BODY_BYTES \(100\)"):
+        Settings(max_body_bytes=100, memory_budget_bytes=199)
+    assert Settings(max_body_bytes=100, memory_budget_bytes=200).memory_budget_bytes == 200
+
+
+def test_the_default_memory_budget_and_body_deadline() -> None:
+    settings = Settings()
+    assert (settings.memory_budget_bytes, settings.body_read_timeout_s) == (256 * 1024 * 1024, 60.0)

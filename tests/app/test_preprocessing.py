@@ -170,11 +170,38 @@ MODE_CASES = [
 ]
 
 
-@pytest.mark.parametrize("case", MODE_CASES, ids=lambda case: f"{case.mode}-{len(case.formats)}")
+HIGH_BIT_GREY_CASES = [
+    ModeCase(
+        # 32-bit integers within 0..255 are 8-bit data widened: kept as they are, negatives clipped.
+        "I",
+        lambda: Image.fromarray(np.array([[-5, 0, 77, 255]], dtype=np.int32)),
+        [(0, 0, 0), (0, 0, 0), (77, 77, 77), (255, 255, 255)],
+    ),
+    ModeCase(
+        # Any value over 255 makes the 32-bit image a 16-bit-range one.
+        "I",
+        lambda: Image.fromarray(np.array([[0, 200, 32768, 65535]], dtype=np.int32)),
+        [(0, 0, 0), (1, 1, 1), (128, 128, 128), (255, 255, 255)],
+    ),
+    ModeCase(
+        "F",
+        lambda: Image.fromarray(np.array([[-1.0, 0.4, 77.6, 300.0]], dtype=np.float32)),
+        [(0, 0, 0), (0, 0, 0), (78, 78, 78), (255, 255, 255)],
+    ),
+]
+
+
+def converted_pixels(image: Image.Image, source_mode: str) -> Pixels:
+    """`to_rgb`'s result as RGB pixels: 16/32-bit and float greyscale stay one band (L) until after the crop."""
+    assert image.mode == ("L" if source_mode in ("I;16", "I", "F") else "RGB")
+    return rgb_pixels(image.convert("RGB"))
+
+
+@pytest.mark.parametrize("case", MODE_CASES + HIGH_BIT_GREY_CASES, ids=lambda case: f"{case.mode}-{len(case.formats)}")
 def test_to_rgb_converts_every_mode_as_documented(case: ModeCase) -> None:
     image = case.make()
     assert image.mode == case.mode
-    assert rgb_pixels(to_rgb(image)) == case.expected
+    assert converted_pixels(to_rgb(image), case.mode) == case.expected
 
 
 @pytest.mark.parametrize(
@@ -190,7 +217,7 @@ def test_decode_image_converts_encoded_modes_as_documented(case: ModeCase, image
     with Image.open(io.BytesIO(data)) as stored:
         assert stored.mode == case.mode, "the file must keep the mode under test"
     decoded = decode_image(data, max_pixels=MAX_PIXELS)
-    assert rgb_pixels(decoded.image) == case.expected
+    assert converted_pixels(decoded.image, case.mode) == case.expected
 
 
 def test_decode_image_converts_a_cmyk_jpeg() -> None:
