@@ -6,6 +6,7 @@ Errors are raised as domain errors; app/errors.py answers them under /v2 in the 
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -93,7 +94,9 @@ async def get_v2_model_ready(model_name: str, runtime: RuntimeDep) -> JSONRespon
 async def post_v2_infer(model_name: str, request: Request, runtime: RuntimeDep) -> Response:
     """v2 inference: an FP32 tensor [N,3,227,227] (preprocessed) or a BYTES tensor [N] of encoded images."""
     _check_model_name(model_name)
-    parsed = parse_infer_request(await request.body(), request.headers.get(HEADER_LENGTH), OUTPUT_NAME)
+    body, header_length = await request.body(), request.headers.get(HEADER_LENGTH)
+    # Off the event loop: an 18 MiB JSON body takes about a second to parse, and probes must not wait for it.
+    parsed = await runtime.off_loop(functools.partial(parse_infer_request, body, header_length, OUTPUT_NAME))
     probabilities = await _infer(parsed, runtime)
     encoded = encode_infer_response(
         model_name=MODEL_NAME,

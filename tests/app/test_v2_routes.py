@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -15,6 +17,7 @@ import pytest
 import tritonclient.http as triton
 from fastapi.testclient import TestClient
 from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 from tritonclient.utils import InferenceServerException
 
@@ -216,3 +219,91 @@ def test_errors_raised_before_the_route_use_the_protocol_shape(served_model_path
         assert too_large.json() == {"error": "request body is over the limit of 1000 bytes; send a smaller image"}
         # /v1 keeps its own shape.
         assert client.post("/v1/predict", content=b"x").json()["error"]["code"] == "unauthorized"
+
+
+# --- admission, cancellation and metrics --------------------------------------------------------------------
+
+
+def _metric(client: TestClient, name: str, **labels: str) -> float:
+    """The sum of the app's /metrics samples called `name` that carry `labels` (0 when there are none)."""
+    text = client.get("/metrics").text
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and labels.items() <= sample.labels.items()
+    )
+
+
+def _bytes_request(*images: bytes) -> dict[str, object]:
+    data = [base64.b64encode(image).decode() for image in images]
+    return {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [len(data)], "data": data}]}
+
+
+@contextmanager
+def _fresh_client(served_model_path: Path, **overrides: object) -> Iterator[TestClient]:
+    """An app of its own, so that its metrics start from zero."""
+    values: dict[str, object] = {
+        "model_path": served_model_path,
+        "providers": ["CPUExecutionProvider"],
+        "warmup_runs": 1,
+        **overrides,
+    }
+    with TestClient(create_app(Settings(**values))) as test_client:  # type: ignore[arg-type]
+        deadline = time.monotonic() + 30
+        while test_client.get("/v2/health/ready").status_code != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        yield test_client
+
+
+def _large_jpeg(seed: int) -> bytes:
+    rng = np.random.default_rng(seed)
+    buffer = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (1500, 2000, 3), dtype=np.uint8)).save(buffer, format="JPEG", quality=95)
+    return buffer.getvalue()
+
+
+def test_a_failed_image_cancels_its_siblings_before_they_are_inferred(served_model_path: Path) -> None:
+    """The first image fails at once; its three (slow to decode) siblings are cancelled, not decoded and inferred
+    behind the client's back: the batch metrics count only the next request's image."""
+    # One decode thread: the siblings wait behind the failing image, as under load.
+    with _fresh_client(served_model_path, decode_threads=1) as client:
+        siblings = [_large_jpeg(seed) for seed in range(3)]
+        failed = client.post("/v2/models/alexnet/infer", json=_bytes_request(b"\xff\xd8\xff\x00\x00\x00", *siblings))
+        assert failed.status_code == 400
+        # Decoded and inferred after anything the failed request left behind (the decode pool and the batch
+        # queue are first in, first out).
+        after = client.post("/v2/models/alexnet/infer", json=_bytes_request(_jpeg(1)))
+        assert after.status_code == 200
+        assert _metric(client, "alexnet_batch_size_sum") == 1
+        assert _metric(client, "alexnet_images_total", outcome="invalid_image") == 1
+        assert _metric(client, "alexnet_images_total", outcome="cancelled") == 3
+        assert _metric(client, "alexnet_images_total", outcome="ok") == 1
+
+
+def test_v2_images_are_counted_like_v1_ones(served_model_path: Path) -> None:
+    with _fresh_client(served_model_path) as client:
+        assert client.post("/v2/models/alexnet/infer", json=_bytes_request(_jpeg(1), _jpeg(2))).status_code == 200
+        assert _metric(client, "alexnet_images_total", outcome="ok") == 2
+        for stage in ("decode", "preprocess", "queue_wait"):
+            assert _metric(client, f"alexnet_{stage}_seconds_count") == 2, stage
+        tensors = np.stack([_tensor(3), _tensor(4)])
+        document = {
+            "inputs": [{"name": "image", "datatype": "FP32", "shape": list(tensors.shape), "data": tensors.tolist()}]
+        }
+        assert client.post("/v2/models/alexnet/infer", json=document).status_code == 200
+        # Preprocessed tensors are queued and inferred, but never decoded.
+        assert _metric(client, "alexnet_images_total", outcome="ok") == 4
+        assert _metric(client, "alexnet_queue_wait_seconds_count") == 4
+        assert _metric(client, "alexnet_decode_seconds_count") == 2
+
+
+def test_a_request_with_more_images_than_can_ever_be_admitted_is_413(served_model_path: Path) -> None:
+    with _fresh_client(served_model_path, max_queue_size=2) as client:
+        response = client.post("/v2/models/alexnet/infer", json=_bytes_request(_jpeg(1), _jpeg(2), _jpeg(3)))
+        assert response.status_code == 413
+        assert response.json() == {
+            "error": "3 images in one request, but at most 2 can be in flight; split the request"
+        }
+        assert client.post("/v2/models/alexnet/infer", json=_bytes_request(_jpeg(1), _jpeg(2))).status_code == 200
