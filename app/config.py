@@ -92,9 +92,16 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=20 * 1024 * 1024, ge=1)
     # Bytes that request bodies and decoding images may hold at once; bodies beyond it get 503 unread. The
     # default fits the Kubernetes limit (docs/reliability.md, Memory, has the formula and the arithmetic).
-    memory_budget_bytes: int = Field(default=DEFAULT_MEMORY_BUDGET_BYTES, ge=1)
+    memory_budget_bytes: int = Field(
+        default=DEFAULT_MEMORY_BUDGET_BYTES,
+        ge=1,
+        description="bytes request bodies (multipart twice) and decoding images may hold at once; "
+        "a body that does not fit gets 503 with Retry-After, unread",
+    )
     # The whole body must arrive within this, else 408: slow senders cannot hold the budget for ever.
-    body_read_timeout_s: float = Field(default=60.0, gt=0)
+    body_read_timeout_s: float = Field(
+        default=60.0, gt=0, description="seconds the whole request body may take to arrive (408 after it)"
+    )
     max_image_pixels: int = Field(default=40_000_000, ge=1)
     max_batch_images: int = Field(default=32, ge=1)
 
