@@ -155,11 +155,14 @@ def test_render_puts_both_servers_side_by_side() -> None:
         p50_c1_torchserve_ms=26.4,
         best_c16_config="ts-w2-b8-t1",
         best_c1_config="ts-w1-b1-t2",
+        server_cpu_ms_c16={peer.OURS: 15.0, peer.TORCHSERVE: 21.62},
     )
     rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in peer.render(report).splitlines()]
     rows = [row for row in rows if len(row) > 1]
     assert ["c=16 req/s", "100.0", "88.599 (ts-w2-b8-t1)", "1.13", ">= 1.1", "PASS"] in rows
     assert ["c=1 p50 ms", "24.0", "26.4 (ts-w1-b1-t2)", "0.91", "<= 1", "PASS"] in rows
+    # 1000 / 15 ms and 1000 / 21.62 ms of server CPU per image: 1.44x on a machine where each has the whole CPU.
+    assert ["c=16 images per server CPU-second", "66.7", "46.3", "1.44", ">= 1.1", "PASS"] in rows
     # Ours: 15 ms of server CPU per image plus 0.2 ms of load generator; TorchServe: 1.39 + 20.23 + 0.24.
     assert ["total", "alexnet-serve", "15.2", ""] in rows
     assert ["total", "TorchServe", "21.9", ""] in rows
