@@ -24,14 +24,14 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
 RUN python3 -m venv /opt/venv
 WORKDIR /src
 COPY requirements/runtime.lock requirements/cuda.lock requirements/
-# Dependencies first, in their own layer, so editing app/ or model/ does not reinstall them.
+# Dependencies first, in their own layer, so editing app/ or model/ does not reinstall them. The venv's own
+# pip installs them: upgrading pip from PyPI first would fetch an unpinned, unhashed package past the lock.
 RUN --mount=type=cache,target=/root/.cache/pip \
     case "$CUDA" in \
         true) lock=requirements/cuda.lock ;; \
         false) lock=requirements/runtime.lock ;; \
         *) echo "CUDA must be true or false, not '$CUDA'" >&2; exit 1 ;; \
     esac \
-    && /opt/venv/bin/pip install --upgrade pip \
     && /opt/venv/bin/pip install --require-hashes -r "$lock"
 COPY pyproject.toml README.md ./
 COPY model model
@@ -61,6 +61,13 @@ sys.exit(None if props.get("alexnet.trained") == "true" else \
 
 # ---- runtime: the venv and the model on a clean base; no compilers, no torch, no build leftovers
 FROM ${BASE_IMAGE} AS runtime
+# tini is PID 1 and runs Python as its child. As PID 1, Python ignored SIGTERM until uvicorn installed its
+# handlers, so `docker stop` during the seconds of model loading waited out the grace period and ended in
+# SIGKILL; as a child, Python dies of it at once (exit 143), and after startup drains as before (exit 0).
+# Debian's package, verified by apt's signed repository.
+RUN apt-get update \
+    && apt-get install --yes --no-install-recommends tini \
+    && rm -rf /var/lib/apt/lists/*
 RUN groupadd --gid 10001 alexnet \
     && useradd --uid 10001 --gid alexnet --create-home --home-dir /home/alexnet --shell /usr/sbin/nologin alexnet
 COPY --from=venv /opt/venv /opt/venv
@@ -115,4 +122,5 @@ LABEL io.alexnet-serve.weights="${WEIGHTS}" \
       org.opencontainers.image.revision="${VCS_REF}"
 USER alexnet:alexnet
 WORKDIR /home/alexnet
+ENTRYPOINT ["tini", "--"]
 CMD ["python", "-m", "app"]

@@ -376,3 +376,21 @@ def _is_json_object(line: str) -> bool:
         return isinstance(json.loads(line), dict)
     except json.JSONDecodeError:
         return False
+
+
+def test_docker_stop_while_the_model_loads_ends_the_container_at_once(docker: DockerCli, image: str) -> None:
+    # As PID 1, Python ignored SIGTERM until uvicorn installed its handlers: `docker stop` during the
+    # seconds of imports and model loading waited out the grace period and ended in SIGKILL (137).
+    name = f"alexnet-serve-test-{uuid.uuid4().hex[:12]}"
+    docker.run("run", "--detach", f"--name={name}", image)
+    try:
+        started = time.monotonic()
+        docker.run("stop", f"--time={STOP_GRACE_S}", name, timeout=STOP_GRACE_S + COMMAND_TIMEOUT_S)
+        elapsed = time.monotonic() - started
+        state = docker.container_state(name)
+        log = docker.logs(name)
+    finally:
+        docker.run("rm", "--force", "--volumes", name, check=False)
+    assert (state["ExitCode"], elapsed < STOP_GRACE_S / 2) in {(0, True), (143, True)}, _tail(log)
+    # Startup completing would mean the SIGTERM was ignored, or came too late to test loading.
+    assert "Started server process" not in log, _tail(log)
