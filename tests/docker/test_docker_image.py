@@ -12,9 +12,11 @@ Where Docker cannot run at all (not Linux, not root, dockerd refused its privile
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
 import json
+import logging
 import os
 import shutil
 import signal
@@ -30,9 +32,13 @@ from typing import Any
 
 import httpx
 import pytest
+import yaml
 from PIL import Image
 
+from tests.reliability.flood import flood, flood_forms, twelve_megapixel_photo
+
 pytestmark = pytest.mark.slow
+logger = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BUILD_BASE_SCRIPT = REPO_ROOT / "docker" / "build-base.sh"
@@ -394,3 +400,55 @@ def test_docker_stop_while_the_model_loads_ends_the_container_at_once(docker: Do
     assert (state["ExitCode"], elapsed < STOP_GRACE_S / 2) in {(0, True), (143, True)}, _tail(log)
     # Startup completing would mean the SIGTERM was ignored, or came too late to test loading.
     assert "Started server process" not in log, _tail(log)
+
+
+BASE_DEPLOYMENT = REPO_ROOT / "docker" / "k8s" / "base" / "deployment.yaml"
+# Kubernetes' binary memory suffixes, as `docker run --memory` writes them.
+DOCKER_MEMORY_UNITS = {"Mi": "m", "Gi": "g"}
+
+
+def _manifest_limits() -> tuple[str, str]:
+    """The base Deployment's container limits as `docker run` takes them: (memory, CPUs)."""
+    deployment = yaml.safe_load(BASE_DEPLOYMENT.read_text())
+    limits = deployment["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
+    memory = str(limits["memory"])
+    unit = DOCKER_MEMORY_UNITS[memory[-2:]]
+    return f"{memory[:-2]}{unit}", str(limits["cpu"])
+
+
+def test_a_flood_of_uploads_within_the_manifests_memory_limit_is_not_oom_killed(docker: DockerCli, image: str) -> None:
+    """The same flood as tests/reliability/test_memory_budget.py, at the Kubernetes manifest's memory and CPU
+    limits: the container is not OOM-killed, never restarts, and is ready afterwards."""
+    memory, cpus = _manifest_limits()
+    name = f"alexnet-serve-flood-{uuid.uuid4().hex[:12]}"
+    port = _free_port()
+    docker.run(
+        "run",
+        "--detach",
+        f"--name={name}",
+        f"--memory={memory}",
+        f"--memory-swap={memory}",  # no swap: over the limit is an OOM kill, as in a pod
+        f"--cpus={cpus}",
+        f"--publish=127.0.0.1:{port}:{CONTAINER_PORT}",
+        image,
+    )
+    try:
+        _wait_until_healthy(docker, name)
+        base_url = f"http://127.0.0.1:{port}"
+        outcomes: dict[str, dict[str, int]] = {}
+        for form_name, form in flood_forms(twelve_megapixel_photo()).items():
+            outcomes[form_name] = dict(asyncio.run(flood(base_url, form)).outcomes)
+        state = docker.container_state(name)
+        restarts = docker.run("inspect", "--format", "{{.RestartCount}}", name).stdout.strip()
+        ready = httpx.get(f"{base_url}/health/ready", timeout=10)
+        stats = docker.run("stats", "--no-stream", "--format", "{{.MemUsage}}", name).stdout.strip()
+        logger.info("flood at --memory=%s --cpus=%s: %s; memory afterwards %s", memory, cpus, outcomes, stats)
+        assert (state["OOMKilled"], state["Running"], restarts) == (False, True, "0"), _tail(docker.logs(name))
+        assert ready.status_code == 200, ready.text
+        for form_outcomes in outcomes.values():
+            assert form_outcomes.get("200", 0) > 0, outcomes
+            assert set(form_outcomes) <= {"200", "503 overloaded retry-after=1"} | {
+                outcome for outcome in form_outcomes if outcome.startswith("transport error")
+            }, outcomes
+    finally:
+        docker.run("rm", "--force", "--volumes", name, check=False)

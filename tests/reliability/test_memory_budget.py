@@ -7,6 +7,7 @@ on loopback do their worst. Figures are logged (run with `--log-cli-level=INFO` 
 from __future__ import annotations
 
 import asyncio
+import gc
 import io
 import json
 import logging
@@ -16,7 +17,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -27,6 +28,14 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from model.metadata import INPUT_NAME
 from tests.app.live_server import LiveServer, live_server
+from tests.reliability.flood import (
+    BOUNDARY,
+    MULTIPART_TYPE,
+    FloodReport,
+    flood,
+    flood_forms,
+    twelve_megapixel_photo,
+)
 from tests.reliability.hostile_inputs import small_jpeg
 from tests.reliability.load import percentile
 from tests.reliability.server_support import (
@@ -41,20 +50,6 @@ pytestmark = pytest.mark.slow
 logger = logging.getLogger(__name__)
 
 RSS_SAMPLE_INTERVAL_S = 0.01
-BOUNDARY = "memory-budget-boundary"
-
-
-def multipart_body(field: str, data: bytes) -> bytes:
-    """One image as a multipart body, built once so that each request sends the same bytes without a copy."""
-    head = (
-        f"--{BOUNDARY}\r\n"
-        f'Content-Disposition: form-data; name="{field}"; filename="photo.jpg"\r\n'
-        "Content-Type: image/jpeg\r\n\r\n"
-    ).encode()
-    return head + data + f"\r\n--{BOUNDARY}--\r\n".encode()
-
-
-MULTIPART_TYPE = f"multipart/form-data; boundary={BOUNDARY}"
 
 
 def metric_value(server: LiveServer, name: str, **labels: str) -> float:
@@ -70,26 +65,8 @@ def metric_value(server: LiveServer, name: str, **labels: str) -> float:
 
 # --- the flood ----------------------------------------------------------------------------------------------
 
-FLOOD_REQUESTS = 320
-FLOOD_CONCURRENCY = 160
 # The issue's bound: default settings, sampled peak over warm.
 MAX_FLOOD_RSS_GROWTH_BYTES = 768 * 1024 * 1024
-FLOOD_TIMEOUT_S = 150.0
-PHOTO_SIZE = (4000, 3000)
-# Sensor-like noise on a smooth colour field, at quality 100: about 15 MB, the size of the issue's photo.
-PHOTO_NOISE_SIGMA = 16.0
-
-
-def twelve_megapixel_photo() -> bytes:
-    rng = np.random.default_rng(13)
-    width, height = PHOTO_SIZE
-    cells = rng.integers(0, 256, size=(12, 16, 3), dtype=np.uint8)
-    field = np.asarray(Image.fromarray(cells).resize(PHOTO_SIZE, Image.Resampling.BICUBIC), dtype=np.float32)
-    noise = rng.standard_normal((height, width, 3), dtype=np.float32) * np.float32(PHOTO_NOISE_SIGMA)
-    pixels = np.clip(field + noise, 0, 255).astype(np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="JPEG", quality=100)
-    return buffer.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -97,56 +74,6 @@ def photo() -> bytes:
     data = twelve_megapixel_photo()
     assert len(data) > 13_000_000, f"the photo is only {len(data) / 1e6:.1f} MB"
     return data
-
-
-@dataclass(frozen=True)
-class FloodForm:
-    path: str
-    content_type: str
-    body: bytes
-
-
-def flood_forms(photo: bytes) -> dict[str, FloodForm]:
-    return {
-        "raw": FloodForm("/v1/predict", "image/jpeg", photo),
-        "multipart": FloodForm("/v1/predict", MULTIPART_TYPE, multipart_body("file", photo)),
-        "batch": FloodForm("/v1/predict/batch", MULTIPART_TYPE, multipart_body("files", photo)),
-    }
-
-
-@dataclass
-class FloodReport:
-    outcomes: Counter[str]
-    elapsed_s: float
-
-
-async def flood(url: str, form: FloodForm) -> FloodReport:
-    """FLOOD_REQUESTS uploads, FLOOD_CONCURRENCY at a time, each worker sending its next on an answer."""
-    outcomes: Counter[str] = Counter()
-    remaining = iter(range(FLOOD_REQUESTS))
-    headers = AUTH_HEADERS | {"Content-Type": form.content_type}
-    limits = httpx.Limits(max_connections=FLOOD_CONCURRENCY, max_keepalive_connections=FLOOD_CONCURRENCY)
-
-    async def worker(client: httpx.AsyncClient) -> None:
-        for _ in remaining:
-            try:
-                response = await client.post(form.path, content=form.body, headers=headers)
-            except httpx.TransportError as error:
-                outcomes[f"transport error: {type(error).__name__}"] += 1
-                continue
-            if response.status_code == 200:
-                outcomes["200"] += 1
-            elif response.status_code == 503:
-                code = response.json()["error"]["code"]
-                outcomes[f"503 {code} retry-after={response.headers.get('retry-after')}"] += 1
-            else:
-                outcomes[f"{response.status_code} {response.text[:120]}"] += 1
-
-    started = time.perf_counter()
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=FLOOD_TIMEOUT_S) as client:
-        async with asyncio.timeout(FLOOD_TIMEOUT_S):
-            await asyncio.gather(*(worker(client) for _ in range(FLOOD_CONCURRENCY)))
-    return FloodReport(outcomes, time.perf_counter() - started)
 
 
 def test_a_flood_of_large_uploads_is_shed_and_memory_stays_within_the_budget(
@@ -338,6 +265,15 @@ def large_v2_json_body() -> bytes:
     return ('{"inputs":[' + json.dumps(header)[:-1] + ',"data":' + data + "}]}").encode()
 
 
+@contextmanager
+def heap_out_of_the_collector() -> Iterator[None]:
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
 def test_readiness_answers_quickly_while_a_large_v2_json_body_is_parsed(shared_server: LiveServer) -> None:
     body = large_v2_json_body()
     assert 17 * MIB < len(body) < 20 * MIB, len(body)
@@ -345,8 +281,10 @@ def test_readiness_answers_quickly_while_a_large_v2_json_body_is_parsed(shared_s
 
     latencies: list[float] = []
     # Both clients are made and connected before the clock starts: making one (its TLS context) holds this
-    # process's GIL for a while, which would show up as the server's latency.
+    # process's GIL for a while, which would show up as the server's latency. For the same reason the test
+    # process's large heap is kept out of the garbage collector's full passes meanwhile (as load.py does).
     with (
+        heap_out_of_the_collector(),
         httpx.Client(base_url=shared_server.url, timeout=10) as client,
         httpx.Client(base_url=shared_server.url, timeout=120) as uploader,
     ):
