@@ -312,6 +312,26 @@ def evaluate_workloads(results: Sequence[WorkloadResult]) -> list[Target]:
     return targets
 
 
+def workload_cross_checks(results: Sequence[WorkloadResult]) -> list[Target]:
+    """The ceiling targets from CPU time per image instead of images/s: what the ratio would be on an idle,
+    CPU-bound machine, where a shared machine's changing load cannot favour one phase. Informational."""
+    checks = []
+    for result in results:
+        c16 = result.level(COMPARISON_CONCURRENCY)
+        if result.name not in THROUGHPUT_TARGET_WORKLOADS or c16 is None:
+            continue
+        checks.append(
+            _check(
+                f"{result.name}: ceiling ÷ server CPU per image at c={COMPARISON_CONCURRENCY}",
+                _ratio(result.ceiling.cpu_ms_per_image, c16.server_cpu_ms_per_image, 3),
+                f">= {MIN_SHARE_OF_CEILING}",
+                lambda value: value >= MIN_SHARE_OF_CEILING,
+                f"{result.ceiling.cpu_ms_per_image} ÷ {c16.server_cpu_ms_per_image} CPU ms/image",
+            )
+        )
+    return checks
+
+
 def _regression_checks(result: WorkloadResult) -> list[Target]:
     nan = float("nan")
     c1, c16 = result.level(1), result.level(COMPARISON_CONCURRENCY)

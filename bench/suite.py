@@ -39,7 +39,14 @@ from bench.inprocess import (
 from bench.modelfile import ModelFile, prepare_model
 from bench.plan import COMPARISON_CONCURRENCY, Device, PipelineSetting, Plan
 from bench.procfs import cpu_model_name
-from bench.report import BenchReport, compute_ratios, cross_check, evaluate, evaluate_workloads
+from bench.report import (
+    BenchReport,
+    compute_ratios,
+    cross_check,
+    evaluate,
+    evaluate_workloads,
+    workload_cross_checks,
+)
 from bench.workloads import load_workloads, run_workloads
 
 logger = logging.getLogger(__name__)
@@ -171,7 +178,7 @@ def run_suite(options: Options) -> BenchReport:
         servers=[batched_result, unbatched_result],
         ratios=ratios,
         targets=evaluate(ratios),
-        cross_checks=cross_check(ratios),
+        cross_checks=cross_check(ratios) + workload_cross_checks(workload_results),
         workloads=workload_results,
         workload_targets=evaluate_workloads(workload_results),
         skipped_workloads=skipped_workloads,

@@ -15,7 +15,7 @@ from app.inference import OnnxModel
 from bench.endtoend import LevelResult
 from bench.images import BenchImage
 from bench.inprocess import service_settings
-from bench.report import evaluate_workloads
+from bench.report import evaluate_workloads, workload_cross_checks
 from bench.standin import standin_card
 from bench.stats import LatencySummary
 from bench.workloads import (
@@ -171,3 +171,13 @@ def test_the_ceiling_measures_whole_batches_of_every_caller(tmp_path: Path) -> N
     assert model.images >= ceiling.images, "batches in the warm-up ran but are not counted"
     assert ceiling.images_per_s > 0
     assert ceiling.cpu_ms_per_image > 0
+
+
+def test_the_cpu_cross_check_compares_the_ceiling_and_the_server_per_image() -> None:
+    # The ceiling spends 24 CPU ms per image (see _result), the server 20 at c=16 (see _level): 1.2.
+    photos = _result(PHOTOS, [_level(1, 30.0, 29.0, 40.0), _level(16, 72.0, 200.0, 600.0)])
+    large = _result(TWELVE_MP, [_level(16, 3.0, 2000.0, 3000.0)])
+    checks = workload_cross_checks([photos, large])
+    assert [(check.name, check.value, check.passed) for check in checks] == [
+        ("photos: ceiling ÷ server CPU per image at c=16", 1.2, True)
+    ]
