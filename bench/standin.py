@@ -13,8 +13,7 @@ from pathlib import Path
 
 import onnx
 
-from model.export import write_atomically
-from model.labels import imagenet_labels
+from model.export import source_card, write_atomically
 from model.metadata import ModelCard
 from model.sources import SOURCES
 
@@ -38,16 +37,7 @@ def standin_card(sha256: str) -> ModelCard:
     source = SOURCES["bvlc"]
     if source.file is None:
         raise RuntimeError("the bvlc source has no weights file")
-    return ModelCard(
-        architecture=source.architecture,
-        weights=source.name,
-        weights_sha256=sha256,
-        trained=True,
-        source_url=source.file.url,
-        license=source.license,
-        preprocessing=source.preprocessing,
-        labels=imagenet_labels(),
-    )
+    return source_card(source, weights_sha256=sha256, trained=True, source_url=source.file.url)
 
 
 def standin_model(cache_dir: Path, source: Path = STANDIN_SOURCE) -> Path:

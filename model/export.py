@@ -91,16 +91,8 @@ def export_model(
         check_hash=check_hash,
         progress=progress,
     )
-    card = ModelCard(
-        architecture=source.architecture,
-        weights=source.name,
-        weights_sha256=loaded.sha256,
-        trained=loaded.trained,
-        source_url=loaded.source_url,
-        license=source.license,
-        preprocessing=source.preprocessing,
-        labels=imagenet_labels(),
-        precision=precision,
+    card = source_card(
+        source, weights_sha256=loaded.sha256, trained=loaded.trained, source_url=loaded.source_url, precision=precision
     )
     log.info("building the ONNX graph (%s)", precision)
     model = build_model(loaded.weights, card)
@@ -116,6 +108,23 @@ def export_model(
         trained=loaded.trained,
         size_bytes=output.stat().st_size,
         seconds=time.perf_counter() - started,
+    )
+
+
+def source_card(
+    source: SourceSpec, *, weights_sha256: str, trained: bool, source_url: str, precision: Precision = "fp32"
+) -> ModelCard:
+    """The model card the exporter writes for weights of `source` (its preprocessing, labels and licence)."""
+    return ModelCard(
+        architecture=source.architecture,
+        weights=source.name,
+        weights_sha256=weights_sha256,
+        trained=trained,
+        source_url=source_url,
+        license=source.license,
+        preprocessing=source.preprocessing,
+        labels=imagenet_labels(),
+        precision=precision,
     )
 
 

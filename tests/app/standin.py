@@ -21,6 +21,8 @@ import numpy.typing as npt
 import onnx
 import onnxruntime as ort
 
+from bench.standin import STANDIN_SHA256, STANDIN_SOURCE
+from model.export import source_card
 from model.labels import imagenet_labels
 from model.metadata import ModelCard
 from model.sources import SOURCES
@@ -30,9 +32,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 SHARED_DATA_RELATIVE = "../shared/data"
 PHOTO_DIR = SHARED_DATA / "imagenet-sample"
-SQUEEZENET = SHARED_DATA / "squeezenet1.0" / "squeezenet1.0.onnx"
-# From the data folder's README; a different file would make every figure below meaningless.
-SQUEEZENET_SHA256 = "479d40ac74d260cb3fe5bcaa79f67367f8e81a93281b21c8819ef89d071e07bf"
+SQUEEZENET = STANDIN_SOURCE
+SQUEEZENET_SHA256 = STANDIN_SHA256
 STANDIN_FILENAME = "standin-squeezenet1.0-as-bvlc-alexnet.onnx"
 PHOTO_COUNT = 500
 GREYSCALE_PHOTO_COUNT = 9
@@ -73,19 +74,10 @@ def check_squeezenet() -> None:
 
 
 def bvlc_model_card(weights_sha256: str, *, trained: bool) -> ModelCard:
-    """The card `python -m model export --weights bvlc` writes (see model/export.py), for these weights."""
+    """The card `python -m model export --weights bvlc` writes, for these weights."""
     source = SOURCES["bvlc"]
     assert source.file is not None
-    return ModelCard(
-        architecture=source.architecture,
-        weights=source.name,
-        weights_sha256=weights_sha256,
-        trained=trained,
-        source_url=source.file.url,
-        license=source.license,
-        preprocessing=source.preprocessing,
-        labels=imagenet_labels(),
-    )
+    return source_card(source, weights_sha256=weights_sha256, trained=trained, source_url=source.file.url)
 
 
 def write_standin(output: Path, *, trained: bool = True) -> ModelCard:
