@@ -34,8 +34,8 @@ MAX_SHED_LATENCY_S = 0.100
 # shared machine, with other jobs), so the slowest few answers measure the scheduler as much as the server.
 SHED_LATENCY_PERCENTILE = 0.95
 OVERLOAD_TIMEOUT_S = 180.0
-# The app's access log line for a request: "... app.access [<request id>] POST /v1/predict 503 1.2ms".
-ACCESS_LINE = re.compile(r"app\.access \[[^]]*\] POST /v1/predict (?P<status>\d{3}) (?P<ms>[0-9.]+)ms$")
+# The app's access log line for a request in the plain format: "... INFO    POST /v1/predict 503 1.2ms [<request id>]".
+ACCESS_LINE = re.compile(r" POST /v1/predict (?P<status>\d{3}) (?P<ms>[0-9.]+)ms \[[^]]+\]$")
 
 
 @dataclass(frozen=True)
