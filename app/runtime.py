@@ -21,6 +21,7 @@ from app.config import DEFAULT_TOP_K, Settings
 from app.errors import (
     DeadlineExceededError,
     InvalidParameterError,
+    MemoryBudgetFullError,
     ModelNotReadyError,
     OverloadedError,
     PayloadTooLargeError,
@@ -308,8 +309,9 @@ class Runtime:
             )
         started = time.perf_counter()
         try:
-            # Every row counts against admission, so explanations cannot bypass overload protection.
-            with self._admitted_images(rows):
+            # Every row counts against admission and, as a tensor, against the memory budget, so explanations
+            # cannot bypass overload protection.
+            with self._admitted_images(rows), self._reserved_tensors(rows):
                 explained = await self._within_deadline(self._explain(data, target, grid, baseline, overlay))
         except ServiceError as error:
             self.metrics.explanations.labels(error.code).inc()
@@ -336,6 +338,22 @@ class Runtime:
             yield
         finally:
             self._admitted -= count
+
+    @contextlib.contextmanager
+    def _reserved_tensors(self, count: int) -> Iterator[None]:
+        """Reserve `count` preprocessed tensors in the memory budget, or shed the request with 503 at once."""
+        size = self.model.card.preprocessing.input_size
+        reserved = count * 3 * size * size * np.dtype(np.float32).itemsize
+        if not self.budget.try_reserve(reserved):
+            self.metrics.budget_refusals.inc()
+            raise MemoryBudgetFullError(
+                f"the server's memory budget ({self.budget.limit_bytes} bytes) has no room for {count} image tensors "
+                "now; retry shortly"
+            )
+        try:
+            yield
+        finally:
+            self.budget.release(reserved)
 
     async def _within_deadline(self, work: Awaitable[T]) -> T:
         try:

@@ -286,6 +286,23 @@ def test_every_variant_counts_against_admission(served_model_path: Path, gate: t
         assert _metric(client, "alexnet_explanation_duration_seconds_count") == 1.0
 
 
+def test_every_variant_counts_against_the_memory_budget(served_model_path: Path) -> None:
+    # 5 rows of 3x227x227 float32 (3,091,740 bytes) do not fit a 3,000,000-byte budget; one prediction does.
+    settings = service_settings(served_model_path, max_body_bytes=BODY_LIMIT, memory_budget_bytes=3_000_000)
+    with TestClient(create_app(settings)) as client:
+        wait_until_ready(client)
+        assert client.post("/v1/predict", **raw(jpeg())).status_code == 200
+        shed = client.post("/v1/explain?grid=2", **raw(jpeg()))
+        assert shed.status_code == 503
+        assert shed.headers["retry-after"] == "1"
+        assert shed.json() == error_body(
+            "overloaded",
+            "the server's memory budget (3000000 bytes) has no room for 5 image tensors now; retry shortly",
+        )
+        assert _metric(client, "alexnet_memory_budget_refusals_total") == 1.0
+        assert _metric(client, "alexnet_memory_in_flight_bytes") == 0.0
+
+
 def test_the_deadline_applies(served_model_path: Path, gate: threading.Event) -> None:
     with TestClient(create_app(service_settings(served_model_path, request_timeout_s=0.2))) as client:
         wait_until_ready(client)
