@@ -45,13 +45,15 @@ class Replica:
 
 
 @contextmanager
-def start_replicas(count: int, model_path: Path, log_dir: Path, env: Mapping[str, str]) -> Iterator[list[Replica]]:
+def start_replicas(
+    count: int, model_path: Path, log_dir: Path, env: Mapping[str, str], *, prefix: str = "r"
+) -> Iterator[list[Replica]]:
     """`count` ready servers (`python -m app`), each on its own loopback port; killed by PID on exit."""
     started: list[Replica] = []
     try:
         for index in range(count):
-            server = spawn_server(model_path, log_dir / f"replica-{index}.log", env)
-            started.append(Replica(name=f"r{index}", server=server))
+            server = spawn_server(model_path, log_dir / f"replica-{prefix}{index}.log", env)
+            started.append(Replica(name=f"{prefix}{index}", server=server))
         # Started together, waited for together: they load the model in parallel.
         for replica in started:
             replica.server.wait_ready()
