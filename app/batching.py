@@ -3,8 +3,10 @@
 Each of `instances` workers (Triton's "model instances") takes the oldest waiting image, gathers its share
 of whatever else is queued (waiting at most `timeout_ms` for more), runs the batch on its own inference
 thread, and fans results back out. While batches run, new requests queue up, so batches grow with load and
-cost nothing when idle. A batch that finds nothing else queued or running may go to `run_solo` instead
-(e.g. a run with every core), so a lone request gets the machine's best latency.
+cost nothing when idle. A batch that finds nothing else queued, running or on its way (`pending`) may go to
+`run_solo` instead (e.g. a run with every core), so a lone request gets the machine's best latency.
+When another batch is already running, the machine is busy and a batch of one would cost nearly twice the
+CPU per image of a batch of eight: an idle instance then waits up to `busy_delay_ms` for its share to fill.
 The queue is bounded: when full, callers get `OverloadedError` at once instead of unbounded waiting.
 """
 
@@ -57,6 +59,8 @@ class MicroBatcher:
         max_queue_size: int,
         instances: int = 1,
         run_solo: RunBatch | None = None,
+        busy_delay_ms: float = 0.0,
+        pending: Callable[[], int] | None = None,
         on_batch: BatchObserver | None = None,
     ) -> None:
         self._run_batch = run_batch
@@ -65,6 +69,10 @@ class MicroBatcher:
         self._max_batch_size = max_batch_size
         self._instances = instances
         self._timeout_s = timeout_ms / 1000.0
+        self._busy_delay_s = busy_delay_ms / 1000.0
+        # Images admitted upstream and not yet answered (decoding, queued or running): a batch that holds all of
+        # them is truly alone. Without it, only the queue and the runs are looked at.
+        self._pending = pending
         self._queue: asyncio.Queue[_Job] = asyncio.Queue(maxsize=max_queue_size)
         self._executor = ThreadPoolExecutor(max_workers=instances, thread_name_prefix="inference")
         self._workers: list[asyncio.Task[None]] = []
@@ -122,8 +130,8 @@ class MicroBatcher:
             if not live:
                 continue
             run = self._run_batch
-            if self._run_solo is not None and not self._running and self._queue.empty():
-                run = self._run_solo  # alone on the model: it may use the cores the other instances would
+            if self._run_solo is not None and self._alone(len(live)):
+                run = self._run_solo  # alone on the machine: it may use the cores the other instances would
             number = next(self._run_numbers)
             started = self._running[number] = time.perf_counter()
             try:
@@ -152,22 +160,34 @@ class MicroBatcher:
                         )
                     )
 
+    def _alone(self, batch_size: int) -> bool:
+        if self._running or not self._queue.empty():
+            return False
+        return self._pending is None or self._pending() <= batch_size
+
     async def _gather(self) -> list[_Job]:
         jobs = [await self._queue.get()]
-        deadline = time.perf_counter() + self._timeout_s
+        started = time.perf_counter()
         # Share what is already waiting among the idle instances, so a burst starts all of them at once
         # instead of one instance taking every image while the others (and their cores) sit idle.
         idle = max(1, self._instances - len(self._running))
         share = min(self._max_batch_size, math.ceil((1 + self._queue.qsize()) / idle))
         while len(jobs) < share:
             jobs.append(self._queue.get_nowait())
+        if self._running and self._busy_delay_s > 0:
+            # Busy: wait a little for this instance's share of a full batch rather than run a tiny one.
+            target = max(1, self._max_batch_size // self._instances)
+            await self._fill(jobs, target, started + self._busy_delay_s)
         # With a batch timeout, wait that long for more to arrive.
-        while len(jobs) < self._max_batch_size:
+        await self._fill(jobs, self._max_batch_size, started + self._timeout_s)
+        return jobs
+
+    async def _fill(self, jobs: list[_Job], size: int, deadline: float) -> None:
+        while len(jobs) < size:
             remaining = deadline - time.perf_counter()
             if remaining <= 0:
-                break
+                return
             try:
                 jobs.append(await asyncio.wait_for(self._queue.get(), remaining))
             except TimeoutError:
-                break
-        return jobs
+                return

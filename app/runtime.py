@@ -92,6 +92,8 @@ class Runtime:
             max_queue_size=settings.max_queue_size,
             instances=self.plan.instances,
             run_solo=model.run_solo if model.solo_threads else None,
+            busy_delay_ms=settings.busy_batch_delay_ms,
+            pending=lambda: self._admitted,
             on_batch=self._observe_batch,
         )
         self._ready = asyncio.Event()

@@ -296,3 +296,61 @@ def test_runs_in_flight_are_listed_with_their_start_time_until_they_finish() -> 
         assert batcher.runs_started_at == []
 
     run_scenario(scenario)
+
+
+def test_while_a_batch_runs_an_idle_instance_waits_for_its_share_of_a_full_batch() -> None:
+    model = HeldFakeModel()
+
+    async def main() -> list[int]:
+        # A long delay, so the batch is formed by what arrives, not by the clock.
+        batcher = MicroBatcher(
+            model, max_batch_size=8, timeout_ms=0, max_queue_size=64, instances=2, busy_delay_ms=WAIT_S * 1000
+        )
+        batcher.start()
+        try:
+            first = await hold_first_batch(batcher, model)
+            later = []
+            for image_id in range(1, 5):
+                later.append(asyncio.create_task(batcher.infer(image(image_id))))
+                await asyncio.sleep(0.01)  # one at a time, as decoded images trickle in
+            results = await asyncio.gather(*later)
+            model.release_first_batch.set()
+            return [returned_id(result) for result in (await first, *results)]
+        finally:
+            model.release_first_batch.set()
+            await batcher.stop()
+
+    assert asyncio.run(main()) == [0, 1, 2, 3, 4]
+    # Without the wait, the idle instance would have run image 1 alone (then 2, 3, 4 in a second batch).
+    assert model.batches == [[0], [1, 2, 3, 4]]
+
+
+@pytest.mark.parametrize(("pending", "expected"), [(1, "solo"), (2, "shared")])
+def test_a_lone_batch_is_solo_only_when_nothing_else_is_on_its_way(pending: int, expected: str) -> None:
+    calls: list[str] = []
+
+    def run(name: str) -> Callable[[FloatArray], FloatArray]:
+        def record(batch: FloatArray) -> FloatArray:
+            calls.append(name)
+            return echo(batch)
+
+        return record
+
+    async def main() -> None:
+        batcher = MicroBatcher(
+            run("shared"),
+            max_batch_size=8,
+            timeout_ms=0,
+            max_queue_size=64,
+            instances=2,
+            run_solo=run("solo"),
+            pending=lambda: pending,  # e.g. another request still decoding: the machine is not idle
+        )
+        batcher.start()
+        try:
+            assert returned_id(await batcher.infer(image(1))) == 1
+        finally:
+            await batcher.stop()
+
+    asyncio.run(main())
+    assert calls == [expected]
