@@ -6,7 +6,8 @@ thread, and fans results back out. While batches run, new requests queue up, so 
 cost nothing when idle. A batch that finds nothing else queued, running or on its way (`pending`) may go to
 `run_solo` instead (e.g. a run with every core), so a lone request gets the machine's best latency.
 When another batch is already running, the machine is busy and a batch of one would cost nearly twice the
-CPU per image of a batch of eight: an idle instance then waits up to `busy_delay_ms` for its share to fill.
+CPU per image of a batch of eight: an idle instance then waits for its share of what is on its way (at most
+its share of a full batch), until a run ends, or `busy_delay_ms` at most, whichever comes first.
 The queue is bounded: when full, callers get `OverloadedError` at once instead of unbounded waiting.
 """
 
@@ -79,6 +80,9 @@ class MicroBatcher:
         self._accepting = False
         # Start time (time.perf_counter()) of each run in flight, by run number: what a liveness check reads.
         self._running: dict[int, float] = {}
+        self._running_rows = 0
+        # Set (and replaced) whenever a run ends: what an instance waiting for company also wakes on.
+        self._run_ended = asyncio.Event()
         self._run_numbers = itertools.count()
 
     @property
@@ -134,6 +138,7 @@ class MicroBatcher:
                 run = self._run_solo  # alone on the machine: it may use the cores the other instances would
             number = next(self._run_numbers)
             started = self._running[number] = time.perf_counter()
+            self._running_rows += len(live)
             try:
                 batch = np.stack([job.tensor for job in live])
                 probabilities = await loop.run_in_executor(self._executor, run, batch)
@@ -145,6 +150,9 @@ class MicroBatcher:
                 continue
             finally:
                 del self._running[number]
+                self._running_rows -= len(live)
+                self._run_ended.set()
+                self._run_ended = asyncio.Event()
             finished = time.perf_counter()
             inference_ms = (finished - started) * 1000.0
             if self._on_batch is not None:
@@ -175,12 +183,37 @@ class MicroBatcher:
         while len(jobs) < share:
             jobs.append(self._queue.get_nowait())
         if self._running and self._busy_delay_s > 0:
-            # Busy: wait a little for this instance's share of a full batch rather than run a tiny one.
-            target = max(1, self._max_batch_size // self._instances)
-            await self._fill(jobs, target, started + self._busy_delay_s)
+            # Busy: wait for this instance's share rather than run a tiny batch beside the running one.
+            await self._fill_while_busy(jobs, self._busy_target(), started + self._busy_delay_s)
         # With a batch timeout, wait that long for more to arrive.
         await self._fill(jobs, self._max_batch_size, started + self._timeout_s)
         return jobs
+
+    def _busy_target(self) -> int:
+        """This instance's share of a full batch, but no more than the images on their way (decoding or queued)."""
+        share = max(1, self._max_batch_size // self._instances)
+        if self._pending is None:
+            return share
+        return max(1, min(share, self._pending() - self._running_rows))
+
+    async def _fill_while_busy(self, jobs: list[_Job], size: int, deadline: float) -> None:
+        while len(jobs) < size and self._running:
+            if not self._queue.empty():
+                jobs.append(self._queue.get_nowait())
+                continue
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                return
+            getter = asyncio.ensure_future(self._queue.get())
+            ended = asyncio.ensure_future(self._run_ended.wait())
+            try:
+                await asyncio.wait((getter, ended), timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                ended.cancel()
+                if getter.done():
+                    jobs.append(getter.result())
+                else:
+                    getter.cancel()
 
     async def _fill(self, jobs: list[_Job], size: int, deadline: float) -> None:
         while len(jobs) < size:

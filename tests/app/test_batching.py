@@ -354,3 +354,60 @@ def test_a_lone_batch_is_solo_only_when_nothing_else_is_on_its_way(pending: int,
 
     asyncio.run(main())
     assert calls == [expected]
+
+
+def test_an_instance_waiting_for_company_runs_what_it_has_when_the_other_run_ends() -> None:
+    model = HeldFakeModel()
+
+    async def main() -> list[int]:
+        # An hour's delay: only the end of the running batch can release the waiting instance in time.
+        batcher = MicroBatcher(
+            model, max_batch_size=8, timeout_ms=0, max_queue_size=64, instances=2, busy_delay_ms=3_600_000
+        )
+        batcher.start()
+        try:
+            first = await hold_first_batch(batcher, model)
+            second = asyncio.create_task(batcher.infer(image(1)))
+            await wait_for_depth(batcher, 0)  # taken by the idle instance, which now waits for company
+            model.release_first_batch.set()
+            results = await asyncio.wait_for(asyncio.gather(first, second), WAIT_S)
+            return [returned_id(result) for result in results]
+        finally:
+            model.release_first_batch.set()
+            await batcher.stop()
+
+    assert asyncio.run(main()) == [0, 1]
+    assert model.batches == [[0], [1]]
+
+
+def test_a_busy_instance_waits_only_for_the_images_on_their_way() -> None:
+    model = HeldFakeModel()
+
+    async def main() -> list[int]:
+        # Three images admitted in all: one running, two on their way. Their batch need not wait for a fourth.
+        batcher = MicroBatcher(
+            model,
+            max_batch_size=8,
+            timeout_ms=0,
+            max_queue_size=64,
+            instances=2,
+            busy_delay_ms=3_600_000,
+            pending=lambda: 3,
+        )
+        batcher.start()
+        try:
+            first = await hold_first_batch(batcher, model)
+            later = []
+            for image_id in (1, 2):
+                later.append(asyncio.create_task(batcher.infer(image(image_id))))
+                await asyncio.sleep(0.01)
+            # While the first is still held (the fake lets it go by itself after WAIT_S).
+            results = await asyncio.wait_for(asyncio.gather(*later), WAIT_S / 2)
+            model.release_first_batch.set()
+            return [returned_id(result) for result in (await first, *results)]
+        finally:
+            model.release_first_batch.set()
+            await batcher.stop()
+
+    assert asyncio.run(main()) == [0, 1, 2]
+    assert model.batches == [[0], [1, 2]]
