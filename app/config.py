@@ -80,8 +80,8 @@ class Settings(BaseSettings):
     inference_instances: int | None = Field(default=None, ge=1)
     # Threads inside each run. Default: the usable CPUs divided among the instances. 0 lets onnxruntime pick.
     intra_op_threads: int = Field(default_factory=_default_intra_op_threads, ge=0)
-    # On the CPU, a lone request (nothing queued or running) runs on a second session with every usable CPU:
-    # the machine's best single-image latency, for a second copy of the weights in memory (about 250 MB).
+    # On the CPU, a lone request (no other image decoding, queued or running) runs on a second session with every
+    # usable CPU: the machine's best single-image latency, for a second copy of the weights (about 250 MB).
     solo_session: bool = True
     # onnxruntime's intra-op threads busy-wait between runs by default; on a CPU shared with the decode
     # threads that burns the cores decoding needs. Worth enabling only with dedicated inference cores.

@@ -61,7 +61,8 @@ MEANINGS = {
     "instances); the startup log and `/health` show the plan (see [Performance](performance.md))",
     "intra_op_threads": "threads inside each run (`0`: onnxruntime's choice); decoding runs on "
     "`ALEXNET_DECODE_THREADS` beside them",
-    "solo_session": "on CPU, a request alone on the model runs on a second session with every usable CPU (best "
+    "solo_session": "on CPU, a request alone on the machine (no other image decoding, queued or running) runs on a "
+    "second session with every usable CPU (best "
     "single-image latency, for a second copy of the weights: about 250 MB for AlexNet)",
     "intra_op_spinning": "let onnxruntime's threads busy-wait between runs (only with cores dedicated to inference)",
     "decode_threads": "threads decoding and preprocessing images",
