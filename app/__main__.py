@@ -10,6 +10,7 @@ import threading
 from types import FrameType
 
 import uvicorn
+from PIL import _imaging as pillow_core
 from pydantic import ValidationError
 
 from app.bootstrap import ensure_model
@@ -85,6 +86,15 @@ def _return_large_buffers_to_the_system() -> None:
     libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
 
 
+def _reuse_image_memory(cache_bytes: int) -> None:
+    """Let Pillow keep up to `cache_bytes` of freed image blocks for the next decode.
+
+    With the mmap threshold above, every large image got fresh pages from the kernel and faulted each one in:
+    ~10-15 ms of a 12 MP photo's decode. Pillow's block cache reuses them, and unlike glibc's heaps it is bounded.
+    """
+    pillow_core.set_blocks_max(cache_bytes // pillow_core.get_block_size())
+
+
 def main() -> None:
     _return_large_buffers_to_the_system()
     try:
@@ -95,6 +105,7 @@ def main() -> None:
         sys.stderr.write(f"error: invalid configuration: {problems}\n")
         sys.exit(STARTUP_FAILURE_EXIT_CODE)
     configure_logging(settings.log_level, settings.log_format)
+    _reuse_image_memory(settings.image_block_cache_bytes)
     ensure_model(settings)
     try:
         model = load_model(settings)

@@ -156,6 +156,7 @@ def test_graceful_shutdown_keeps_fractions_of_a_second(
     monkeypatch.setenv("ALEXNET_PROVIDERS", CPU_PROVIDER)
     monkeypatch.setattr(app.__main__, "configure_logging", lambda *args: None)
     monkeypatch.setattr(app.__main__, "_return_large_buffers_to_the_system", lambda: None)
+    monkeypatch.setattr(app.__main__, "_reuse_image_memory", lambda cache_bytes: None)
     monkeypatch.setattr(app.__main__.DrainingServer, "run", lambda server: configs.append(server.config))
     get_settings.cache_clear()
     try:
