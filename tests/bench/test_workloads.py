@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import math
+from dataclasses import replace
 from pathlib import Path
 from typing import cast
 
@@ -26,6 +27,7 @@ from bench.workloads import (
     Ceiling,
     WorkloadResult,
     baseline_env,
+    bracketing,
     every_nth,
     load_workloads,
     measure_ceiling,
@@ -88,6 +90,35 @@ def test_photos_pass_at_nine_tenths_of_the_ceiling_and_five_ms_over_the_best_sin
         "photos: c=16 p99 ÷ p50": (3.0, True),
         "errors under load, workloads": (0, True),
     }
+
+
+def test_the_ceiling_is_the_mean_of_the_rounds_before_and_after_the_server() -> None:
+    before = _result(SAMPLE, []).ceiling
+    after = Ceiling(
+        callers=2,
+        batch_size=8,
+        images_per_s=60.0,
+        images=480,
+        seconds=8.0,
+        cpu_ms_per_image=30.0,
+        others_cpu_percent=1.0,
+    )
+    both = bracketing(before, after)
+    assert both == Ceiling(
+        callers=2,
+        batch_size=8,
+        images_per_s=70.0,
+        images=1120,
+        seconds=16.0,
+        cpu_ms_per_image=27.0,
+        others_cpu_percent=5.0,
+        rounds_images_per_s=(80.0, 60.0),
+    )
+    result = _result(SAMPLE, [_level(1, 30.0, 25.0, 40.0), _level(16, 63.0, 200.0, 300.0)])
+    (share,) = (target for target in evaluate_workloads([replace(result, ceiling=both)]) if "ceiling" in target.name)
+    assert (share.value, share.passed) == (0.9, True)
+    assert "63.0 ÷ 70.0 images/s" in share.detail
+    assert "mean of 80.0 before and 60.0 after the server's levels" in share.detail
 
 
 def test_the_sample_fails_below_the_ceiling_share_and_with_errors() -> None:
