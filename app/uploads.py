@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import sys
 from dataclasses import dataclass
 from pathlib import PureWindowsPath
+from tempfile import SpooledTemporaryFile
 
 from starlette.datastructures import FormData, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
@@ -84,6 +86,17 @@ async def _parsed_form(request: Request, max_files: int) -> FormData:
         return await parser.parse()
 
 
+def _part_bytes(upload: UploadFile) -> bytes:
+    """A file part's bytes. Parts stay in memory (`_parsed_form`), in the BytesIO inside Starlette's spooled file:
+    its `getvalue()` hands over that buffer, where `read()` would copy it (about 2 ms for a 3 MB photo, most of it
+    faulting in fresh pages)."""
+    buffer = upload.file._file if isinstance(upload.file, SpooledTemporaryFile) else None
+    if isinstance(buffer, io.BytesIO):
+        return buffer.getvalue()
+    upload.file.seek(0)
+    return upload.file.read()
+
+
 async def _multipart_files(request: Request, field: str, max_files: int) -> list[Upload]:
     try:
         form = await _parsed_form(request, max_files)
@@ -97,7 +110,7 @@ async def _multipart_files(request: Request, field: str, max_files: int) -> list
         for value in form.getlist(field):
             if not isinstance(value, UploadFile):
                 raise InvalidParameterError(f"the multipart field {field!r} must be a file, not text")
-            uploads.append(Upload(filename=safe_filename(value.filename), data=await value.read()))
+            uploads.append(Upload(filename=safe_filename(value.filename), data=_part_bytes(value)))
         return uploads
     finally:
         # Closes the spooled temporary files on every path, errors included.
