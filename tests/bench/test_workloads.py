@@ -28,6 +28,7 @@ from bench.workloads import (
     WorkloadResult,
     baseline_env,
     bracketing,
+    bracketing_single_image,
     every_nth,
     load_workloads,
     measure_ceiling,
@@ -119,6 +120,21 @@ def test_the_ceiling_is_the_mean_of_the_rounds_before_and_after_the_server() -> 
     assert (share.value, share.passed) == (0.9, True)
     assert "63.0 ÷ 70.0 images/s" in share.detail
     assert "mean of 80.0 before and 60.0 after the server's levels" in share.detail
+
+
+def test_the_single_image_reference_is_the_best_setting_by_its_mean_before_and_after_c1() -> None:
+    before = BestSingleImage(p50_ms=24.0, setting="two", by_setting_p50_ms={"one": 30.0, "two": 24.0})
+    after = BestSingleImage(p50_ms=25.0, setting="one", by_setting_p50_ms={"one": 25.0, "two": 28.0})
+    both = bracketing_single_image(before, after)
+    assert both == BestSingleImage(
+        p50_ms=26.0, setting="two", by_setting_p50_ms={"one": 27.5, "two": 26.0}, rounds_p50_ms=(24.0, 28.0)
+    )
+    result = replace(
+        _result(PHOTOS, [_level(1, 30.0, 30.5, 40.0), _level(16, 72.0, 200.0, 300.0)]), best_single_image=both
+    )
+    (gap,) = (target for target in evaluate_workloads([result]) if "single image" in target.name)
+    assert (gap.value, gap.passed) == (4.5, True)
+    assert "30.5 − 26.0 ms (two; mean of 24.0 before and 28.0 after the c=1 level)" in gap.detail
 
 
 def test_the_sample_fails_below_the_ceiling_share_and_with_errors() -> None:
