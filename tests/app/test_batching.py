@@ -16,7 +16,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from app.batching import InferenceResult, MicroBatcher
+from app.batching import InferenceResult, MicroBatcher, _BatchBuffer
 from app.errors import InferenceError, ModelNotReadyError, OverloadedError
 
 FloatArray = npt.NDArray[np.float32]
@@ -411,3 +411,24 @@ def test_a_busy_instance_waits_only_for_the_images_on_their_way() -> None:
 
     assert asyncio.run(main()) == [0, 1, 2]
     assert model.batches == [[0], [1, 2]]
+
+
+def test_an_instance_stacks_every_batch_into_the_same_memory() -> None:
+    addresses: list[int] = []
+
+    def record(batch: FloatArray) -> FloatArray:
+        addresses.append(batch.ctypes.data)
+        return batch[:, :1] * 2
+
+    buffer = _BatchBuffer(rows=4)
+    first = buffer.run(record, [image(1), image(2)])
+    second = buffer.run(record, [image(3), image(4), image(5)])
+    assert addresses[0] == addresses[1]
+    assert (first.ravel().tolist(), second.ravel().tolist()) == ([2.0, 4.0], [6.0, 8.0, 10.0])
+
+
+def test_rows_a_model_returns_from_the_buffer_itself_outlive_the_next_batch() -> None:
+    buffer = _BatchBuffer(rows=4)
+    first = buffer.run(lambda batch: batch, [image(1), image(2)])
+    buffer.run(lambda batch: batch, [image(7), image(8)])
+    assert first.tolist() == [[1.0, 1.0], [2.0, 2.0]]
