@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import resource
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from bench.images import BenchImage
-from bench.load import LoadRun, LoadSpec, RequestRecord, run_load
+from bench.load import LoadRun, LoadSpec, RequestRecord, exchange, request_bytes, run_load
 from bench.plan import BodyKind, Plan
 from bench.procfs import CpuSnapshot, others_cpu_percent, process_cpu_seconds, rss_kib
 from bench.server import HOST, ServerProcess
@@ -186,6 +187,43 @@ class ServerBench:
             levels=list(self._levels),
             log_path=str(self._server.log_path),
         )
+
+    def paired_with(
+        self, images: Sequence[BenchImage], body: BodyKind, in_process: Callable[[BenchImage], float], pairs: int
+    ) -> list[tuple[float, float]]:
+        """`pairs` times, the next image through `in_process` (which returns its latency in ms) and right after it
+        through the server, one request at a time: (in-process ms, server ms) per pair. The two halves of a pair are
+        milliseconds apart, so the machine's drift over minutes cancels out of their difference. A first round of
+        up to five pairs only warms up."""
+        spec = self._spec(body, 1, 0.0, 0.0)
+        requests = [request_bytes(spec, image.data, image.path.name) for image in images]
+        return asyncio.run(self._pairs(images, requests, in_process, pairs))
+
+    async def _pairs(
+        self,
+        images: Sequence[BenchImage],
+        requests: Sequence[bytes],
+        in_process: Callable[[BenchImage], float],
+        pairs: int,
+    ) -> list[tuple[float, float]]:
+        reader, writer = await asyncio.open_connection(HOST, self._server.port)
+        warmup = min(5, len(images))
+        measured: list[tuple[float, float]] = []
+        try:
+            for index in range(warmup + pairs):
+                image = index % len(images)
+                in_process_ms = in_process(images[image])
+                started = time.perf_counter()
+                status, _, answer = await exchange(reader, writer, requests[image])
+                server_ms = (time.perf_counter() - started) * 1000.0
+                if status != 200:
+                    raise RuntimeError(f"the server answered {status} to a single image: {answer[:200]!r}")
+                if index >= warmup:
+                    measured.append((in_process_ms, server_ms))
+        finally:
+            writer.close()
+            await writer.wait_closed()
+        return measured
 
     def _spec(self, body: BodyKind, concurrency: int, warmup_s: float, duration_s: float) -> LoadSpec:
         return LoadSpec(

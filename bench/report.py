@@ -299,14 +299,25 @@ def evaluate_workloads(results: Sequence[WorkloadResult]) -> list[Target]:
                     f"{c16.others_cpu_percent if c16 else nan}% / {ceiling.others_cpu_percent}%",
                 )
             )
-        best = result.best_single_image
+        best, paired = result.best_single_image, result.paired_single_image
+        unpaired = f"{c1.latency.p50 if c1 else nan} − {best.p50_ms} ms ({best.setting}{_single_rounds(best)})"
+        if paired is None:
+            c1_gap, how = (round(c1.latency.p50 - best.p50_ms, 2) if c1 else nan), unpaired
+        else:
+            # Image by image, back to back: the p50s of a level and of a reference a minute apart also carry the
+            # machine's drift, which moved a 12 MP reference by 20 ms within one level.
+            c1_gap = paired.median_difference_ms
+            how = (
+                f"median over {paired.pairs} back-to-back pairs (server {paired.server_p50_ms} ms, in process "
+                f"{paired.in_process_p50_ms} ms, {paired.setting}); c=1 level p50 − reference: {unpaired}"
+            )
         targets.append(
             _check(
                 f"{result.name}: c=1 p50 − best in-process single image, ms",
-                round(c1.latency.p50 - best.p50_ms, 2) if c1 else nan,
+                c1_gap,
                 f"<= {MAX_C1_OVER_BEST_SINGLE_MS:g}",
                 lambda value: value <= MAX_C1_OVER_BEST_SINGLE_MS,
-                f"{c1.latency.p50 if c1 else nan} − {best.p50_ms} ms ({best.setting}{_single_rounds(best)})",
+                how,
             )
         )
         targets.append(

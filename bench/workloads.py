@@ -13,7 +13,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -211,10 +211,44 @@ def measure_best_single_image(
     return single, latencies
 
 
+def _single_image_ms(model: OnnxModel, settings: Settings) -> Callable[[BenchImage], float]:
+    """One image through decode + preprocess + a batch-1 run, as `measure_single_image` times it, in ms."""
+
+    def timed(image: BenchImage) -> float:
+        started = time.perf_counter()
+        tensor, _, _ = prepare(image.data, model, settings)
+        model.run(tensor[np.newaxis])
+        return (time.perf_counter() - started) * 1000.0
+
+    return timed
+
+
 def every_nth(images: Sequence[BenchImage], count: int) -> list[BenchImage]:
     """About `count` images spread over `images` (all of them when there are fewer)."""
     step = max(1, len(images) // max(1, count))
     return list(images[::step])[:count] if len(images) > count else list(images)
+
+
+@dataclass(frozen=True)
+class PairedSingleImage:
+    """c=1 against the best single-image setting, image by image: each image in process, then at once through the
+    server (`ServerBench.paired_with`); the median of the differences is free of the machine's drift."""
+
+    pairs: int
+    setting: str
+    median_difference_ms: float
+    in_process_p50_ms: float
+    server_p50_ms: float
+
+    @classmethod
+    def of(cls, setting: str, pairs: Sequence[tuple[float, float]]) -> PairedSingleImage:
+        return cls(
+            pairs=len(pairs),
+            setting=setting,
+            median_difference_ms=round(float(np.median([server - local for local, server in pairs])), 2),
+            in_process_p50_ms=round(float(np.median([local for local, _ in pairs])), 2),
+            server_p50_ms=round(float(np.median([server for _, server in pairs])), 2),
+        )
 
 
 @dataclass(frozen=True)
@@ -230,6 +264,7 @@ class WorkloadResult:
     best_single_image: BestSingleImage
     levels: list[LevelResult]
     baseline_levels: list[LevelResult]
+    paired_single_image: PairedSingleImage | None = None
 
     def level(self, concurrency: int, *, baseline: bool = False) -> LevelResult | None:
         rows = self.baseline_levels if baseline else self.levels
@@ -290,6 +325,7 @@ def run_workloads(
         ceiling = ceiling_now()
         levels = []
         best: BestSingleImage | None = None
+        paired: PairedSingleImage | None = None
         for concurrency in plan.workload_concurrency_levels:
             if concurrency == 1:
                 subset = every_nth(workload.images, plan.workload_single_images)
@@ -301,6 +337,15 @@ def run_workloads(
             if concurrency == 1 and best is not None:
                 after, _ = measure_best_single_image(subset, single_models, repeats=repeats)
                 best = bracketing_single_image(best, after)
+                timed = _single_image_ms(*single_models[best.setting])
+                pairs = server.paired_with(subset, plan.workload_body, timed, len(subset) * repeats)
+                paired = PairedSingleImage.of(best.setting, pairs)
+                logger.info(
+                    "  %s c=1, paired with the best single image: median difference %.1f ms over %d pairs",
+                    workload.name,
+                    paired.median_difference_ms,
+                    paired.pairs,
+                )
         if workload.name in THROUGHPUT_TARGET_WORKLOADS:
             ceiling = bracketing(ceiling, ceiling_now())
         baseline_levels = []
@@ -318,7 +363,7 @@ def run_workloads(
                     baseline.run_level(concurrency, plan.workload_body, workload=workload.name, images=workload.images)
                     for concurrency in plan.workload_concurrency_levels
                 ]
-        if best is None:
+        if best is None or paired is None:
             raise RuntimeError("the workload levels must include c=1 (the single-image reference)")
         results.append(
             WorkloadResult(
@@ -330,6 +375,7 @@ def run_workloads(
                 best_single_image=best,
                 levels=levels,
                 baseline_levels=baseline_levels,
+                paired_single_image=paired,
             )
         )
     return results

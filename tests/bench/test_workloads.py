@@ -25,6 +25,7 @@ from bench.workloads import (
     TWELVE_MP,
     BestSingleImage,
     Ceiling,
+    PairedSingleImage,
     WorkloadResult,
     baseline_env,
     bracketing,
@@ -228,3 +229,18 @@ def test_the_cpu_cross_check_compares_the_ceiling_and_the_server_per_image() -> 
     assert [(check.name, check.value, check.passed) for check in checks] == [
         ("photos: ceiling ÷ server CPU per image at c=16", 1.2, True)
     ]
+
+
+def test_c1_is_held_to_the_median_of_back_to_back_pairs_when_there_are_some() -> None:
+    paired = PairedSingleImage.of("two", [(24.0, 27.0), (30.0, 31.0), (26.0, 36.0)])
+    assert paired == PairedSingleImage(
+        pairs=3, setting="two", median_difference_ms=3.0, in_process_p50_ms=26.0, server_p50_ms=31.0
+    )
+    # The level's p50 is 12 ms above the reference's (drift), the pairs only 3.
+    result = replace(
+        _result(TWELVE_MP, [_level(1, 5.0, 36.0, 40.0), _level(16, 9.0, 1500.0, 1600.0)]), paired_single_image=paired
+    )
+    (gap,) = (target for target in evaluate_workloads([result]) if "single image" in target.name)
+    assert (gap.value, gap.passed) == (3.0, True)
+    assert gap.detail.startswith("median over 3 back-to-back pairs (server 31.0 ms, in process 26.0 ms, two)")
+    assert "c=1 level p50 − reference: 36.0 − 24.0 ms" in gap.detail
