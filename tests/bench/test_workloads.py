@@ -155,6 +155,17 @@ def test_twelve_megapixels_is_compared_with_the_old_defaults_not_the_ceiling() -
     assert targets["12mp: c=1 p50 ÷ 38da6f0 defaults"] == (1.034, True)
 
 
+def test_twelve_megapixels_c16_is_the_mean_of_ours_before_and_after_the_old_defaults() -> None:
+    ours = [_level(1, 5.0, 150.0, 200.0), _level(16, 9.0, 1500.0, 2000.0)]
+    old = [_level(1, 4.0, 145.0, 190.0), _level(16, 10.0, 1600.0, 2100.0)]
+    result = replace(_result(TWELVE_MP, ours, old), repeated_levels=[_level(16, 10.4, 1400.0, 1900.0, errors=1)])
+    targets = {target.name: target for target in evaluate_workloads([result])}
+    share = targets["12mp: c=16 images/s ÷ 38da6f0 defaults"]
+    assert (share.value, share.passed) == (0.97, True)
+    assert share.detail.startswith("9.7 (mean of 9.0 and 10.4, before and after it) vs 10.0 images/s")
+    assert targets["errors under load, workloads"].value == 1
+
+
 def test_a_missing_level_fails_its_target() -> None:
     targets = _targets([_result(PHOTOS, [_level(1, 30.0, 29.0, 40.0)])])
     value, passed = targets["photos: c=16 ÷ in-process ceiling"]
