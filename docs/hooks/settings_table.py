@@ -66,7 +66,7 @@ MEANINGS = {
     "single-image latency, for a second copy of the weights: about 250 MB for AlexNet)",
     "intra_op_spinning": "let onnxruntime's threads busy-wait between runs (only with cores dedicated to inference)",
     "image_block_cache_bytes": "freed image memory Pillow keeps for the next decode (rounded down to its 16 MiB "
-    "blocks), so a large photo does not fault in fresh pages: ~10-15 ms of a 12 MP decode; `0` turns it off",
+    "blocks), so a large photo does not fault in fresh pages (~25 ms of CPU for a 12 MP photo); `0` turns it off",
     "decode_threads": "threads decoding and preprocessing images",
     "warmup_runs": "inference runs before reporting ready",
     "max_body_bytes": "largest request body (checked while streaming)",
