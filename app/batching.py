@@ -95,9 +95,9 @@ class MicroBatcher:
         self._executor = ThreadPoolExecutor(max_workers=instances, thread_name_prefix="inference")
         self._workers: list[asyncio.Task[None]] = []
         self._accepting = False
-        # Start time (time.perf_counter()) of each run in flight, by run number: what a liveness check reads.
-        self._running: dict[int, float] = {}
-        self._running_rows = 0
+        # (start time (time.perf_counter()), images) of each run in flight, by run number; a liveness check reads
+        # the start times.
+        self._running: dict[int, tuple[float, int]] = {}
         # Set (and replaced) whenever a run ends: what an instance waiting for company also wakes on.
         self._run_ended = asyncio.Event()
         self._run_numbers = itertools.count()
@@ -110,7 +110,7 @@ class MicroBatcher:
     @property
     def runs_started_at(self) -> list[float]:
         """When each run now in flight started (time.perf_counter()), oldest first; empty when idle."""
-        return sorted(self._running.values())
+        return sorted(started for started, _ in self._running.values())
 
     def start(self) -> None:
         self._accepting = True
@@ -157,8 +157,8 @@ class MicroBatcher:
             if self._run_solo is not None and self._alone(len(live)):
                 run = self._run_solo  # alone on the machine: it may use the cores the other instances would
             number = next(self._run_numbers)
-            started = self._running[number] = time.perf_counter()
-            self._running_rows += len(live)
+            started = time.perf_counter()
+            self._running[number] = (started, len(live))
             try:
                 tensors = [job.tensor for job in live]
                 probabilities = await loop.run_in_executor(self._executor, buffer.run, run, tensors)
@@ -170,7 +170,6 @@ class MicroBatcher:
                 continue
             finally:
                 del self._running[number]
-                self._running_rows -= len(live)
                 self._run_ended.set()
                 self._run_ended = asyncio.Event()
             finished = time.perf_counter()
@@ -214,7 +213,8 @@ class MicroBatcher:
         share = max(1, self._max_batch_size // self._instances)
         if self._pending is None:
             return share
-        return max(1, min(share, self._pending() - self._running_rows))
+        running_rows = sum(rows for _, rows in self._running.values())
+        return max(1, min(share, self._pending() - running_rows))
 
     async def _fill_while_busy(self, jobs: list[_Job], size: int, deadline: float) -> None:
         while len(jobs) < size and self._running:

@@ -324,6 +324,14 @@ def measure_model(
     return rows
 
 
+def single_image_ms(image: BenchImage, model: OnnxModel, settings: Settings) -> float:
+    """One image through decode + preprocess + a batch-1 run, in ms of wall time."""
+    started = time.perf_counter()
+    tensor, _, _ = prepare(image.data, model, settings)
+    model.run(tensor[np.newaxis])
+    return (time.perf_counter() - started) * 1000.0
+
+
 def measure_single_image(
     images: Sequence[BenchImage], model: OnnxModel, settings: Settings, *, repeats: int
 ) -> SingleImageLatency:
@@ -331,10 +339,7 @@ def measure_single_image(
     samples: dict[str, list[float]] = {image.name: [] for image in images}
     for _ in range(repeats + 1):  # the first pass only warms up
         for image in images:
-            started = time.perf_counter()
-            tensor, _, _ = prepare(image.data, model, settings)
-            model.run(tensor[np.newaxis])
-            samples[image.name].append((time.perf_counter() - started) * 1000.0)
+            samples[image.name].append(single_image_ms(image, model, settings))
     per_image = {name: round(median(values[1:]), 3) for name, values in samples.items()}
     return SingleImageLatency(per_image_ms=per_image, summary=LatencySummary.of(list(per_image.values())))
 

@@ -15,7 +15,7 @@ from bench.inprocess import DecodeResult, ModelThroughput, PipelineResult, Singl
 from bench.modelfile import ModelFile
 from bench.plan import BODY_KINDS, COMPARISON_CONCURRENCY, DEFAULT_PIPELINE_SETTING
 from bench.stats import median
-from bench.workloads import THROUGHPUT_TARGET_WORKLOADS, TWELVE_MP, BestSingleImage, Ceiling, WorkloadResult
+from bench.workloads import THROUGHPUT_TARGET_WORKLOADS, TWELVE_MP, WorkloadResult
 
 # Issue 5's "must show" thresholds.
 MIN_END_TO_END_SHARE = 0.85
@@ -267,17 +267,11 @@ def evaluate(ratios: Ratios) -> list[Target]:
     return targets
 
 
-def _rounds(ceiling: Ceiling) -> str:
-    if len(ceiling.rounds_images_per_s) < 2:
+def _bracket(rounds: tuple[float, ...], around: str) -> str:
+    """How a bracketed reference came about: "; mean of X before and Y after `around`" (nothing for one round)."""
+    if len(rounds) < 2:
         return ""
-    before, after = ceiling.rounds_images_per_s[0], ceiling.rounds_images_per_s[-1]
-    return f"; mean of {before} before and {after} after the server's levels"
-
-
-def _single_rounds(best: BestSingleImage) -> str:
-    if len(best.rounds_p50_ms) < 2:
-        return ""
-    return f"; mean of {best.rounds_p50_ms[0]} before and {best.rounds_p50_ms[-1]} after the c=1 level"
+    return f"; mean of {rounds[0]} before and {rounds[-1]} after {around}"
 
 
 def evaluate_workloads(results: Sequence[WorkloadResult]) -> list[Target]:
@@ -288,6 +282,7 @@ def evaluate_workloads(results: Sequence[WorkloadResult]) -> list[Target]:
         c1, c16 = result.level(1), result.level(COMPARISON_CONCURRENCY)
         ceiling = result.ceiling
         if result.name in THROUGHPUT_TARGET_WORKLOADS:
+            rounds = _bracket(ceiling.rounds_images_per_s, "the server's levels")
             targets.append(
                 _check(
                     f"{result.name}: c={COMPARISON_CONCURRENCY} ÷ in-process ceiling",
@@ -295,12 +290,13 @@ def evaluate_workloads(results: Sequence[WorkloadResult]) -> list[Target]:
                     f">= {MIN_SHARE_OF_CEILING}",
                     lambda value: value >= MIN_SHARE_OF_CEILING,
                     f"{c16.images_per_s if c16 else nan} ÷ {ceiling.images_per_s} images/s ({ceiling.callers} callers "
-                    f"× batch {ceiling.batch_size}, one session, 1 thread per run{_rounds(ceiling)}); others' CPU "
+                    f"× batch {ceiling.batch_size}, one session, 1 thread per run{rounds}); others' CPU "
                     f"{c16.others_cpu_percent if c16 else nan}% / {ceiling.others_cpu_percent}%",
                 )
             )
         best, paired = result.best_single_image, result.paired_single_image
-        unpaired = f"{c1.latency.p50 if c1 else nan} − {best.p50_ms} ms ({best.setting}{_single_rounds(best)})"
+        reference = f"{best.setting}{_bracket(best.rounds_p50_ms, 'the c=1 level')}"
+        unpaired = f"{c1.latency.p50 if c1 else nan} − {best.p50_ms} ms ({reference})"
         if paired is None:
             c1_gap, how = (round(c1.latency.p50 - best.p50_ms, 2) if c1 else nan), unpaired
         else:

@@ -8,12 +8,13 @@ preprocessing its next images with the server's own `prepare_image`, then runnin
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from app.cpus import usable_cpus
 from app.inference import OnnxModel
 from bench.endtoend import LevelResult, ServerBench, started_server
 from bench.images import LARGEST_SIZE, BenchImage
-from bench.inprocess import SingleImageLatency, load_service_model, measure_single_image, prepare
+from bench.inprocess import SingleImageLatency, load_service_model, measure_single_image, prepare, single_image_ms
 from bench.plan import COMPARISON_CONCURRENCY, Plan
 from bench.procfs import CpuMeter
 from bench.standin import PHOTOS_DIR, REPO_ROOT
@@ -211,18 +212,6 @@ def measure_best_single_image(
     return single, latencies
 
 
-def _single_image_ms(model: OnnxModel, settings: Settings) -> Callable[[BenchImage], float]:
-    """One image through decode + preprocess + a batch-1 run, as `measure_single_image` times it, in ms."""
-
-    def timed(image: BenchImage) -> float:
-        started = time.perf_counter()
-        tensor, _, _ = prepare(image.data, model, settings)
-        model.run(tensor[np.newaxis])
-        return (time.perf_counter() - started) * 1000.0
-
-    return timed
-
-
 def every_nth(images: Sequence[BenchImage], count: int) -> list[BenchImage]:
     """About `count` images spread over `images` (all of them when there are fewer)."""
     step = max(1, len(images) // max(1, count))
@@ -306,25 +295,25 @@ def run_workloads(
         all_cores = base.model_copy(update={"intra_op_threads": cores})
         single_models[f"intra_op_threads={cores}"] = (load_service_model(all_cores), all_cores)
     results = []
+
+    def ceiling_of(workload: Workload) -> Ceiling:
+        logger.info(
+            "workload %s: in-process ceiling (%d callers, batch %d)", workload.name, cores, plan.ceiling_batch_size
+        )
+        measured = measure_ceiling(
+            workload.images,
+            ceiling_model,
+            ceiling_settings,
+            callers=cores,
+            batch_size=plan.ceiling_batch_size,
+            warmup_seconds=plan.ceiling_warmup_seconds,
+            seconds=plan.ceiling_seconds,
+        )
+        logger.info("  %.1f images/s", measured.images_per_s)
+        return measured
+
     for workload in workloads:
-
-        def ceiling_now(workload: Workload = workload) -> Ceiling:
-            logger.info(
-                "workload %s: in-process ceiling (%d callers, batch %d)", workload.name, cores, plan.ceiling_batch_size
-            )
-            measured = measure_ceiling(
-                workload.images,
-                ceiling_model,
-                ceiling_settings,
-                callers=cores,
-                batch_size=plan.ceiling_batch_size,
-                warmup_seconds=plan.ceiling_warmup_seconds,
-                seconds=plan.ceiling_seconds,
-            )
-            logger.info("  %.1f images/s", measured.images_per_s)
-            return measured
-
-        ceiling = ceiling_now()
+        ceiling = ceiling_of(workload)
         levels = []
         best: BestSingleImage | None = None
         paired: PairedSingleImage | None = None
@@ -339,8 +328,13 @@ def run_workloads(
             if concurrency == 1 and best is not None:
                 after, _ = measure_best_single_image(subset, single_models, repeats=repeats)
                 best = bracketing_single_image(best, after)
-                timed = _single_image_ms(*single_models[best.setting])
-                pairs = server.paired_with(subset, plan.workload_body, timed, len(subset) * repeats)
+                model, settings = single_models[best.setting]
+                pairs = server.paired_with(
+                    subset,
+                    plan.workload_body,
+                    functools.partial(single_image_ms, model=model, settings=settings),
+                    len(subset) * repeats,
+                )
                 paired = PairedSingleImage.of(best.setting, pairs)
                 logger.info(
                     "  %s c=1, paired with the best single image: median difference %.1f ms over %d pairs",
@@ -349,7 +343,7 @@ def run_workloads(
                     paired.pairs,
                 )
         if workload.name in THROUGHPUT_TARGET_WORKLOADS:
-            ceiling = bracketing(ceiling, ceiling_now())
+            ceiling = bracketing(ceiling, ceiling_of(workload))
         baseline_levels = []
         repeated_levels: list[LevelResult] = []
         if workload.name == TWELVE_MP:
