@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import random
 import re
 import time
 import uuid
@@ -42,7 +43,17 @@ def _request_id(scope: Scope) -> str:
             candidate: str = value.decode("latin-1")
             if _VALID_REQUEST_ID.fullmatch(candidate):
                 return candidate
-    return uuid.uuid4().hex
+    return new_request_id()
+
+
+def new_request_id() -> str:
+    """A random UUID (version 4) as 32 hex digits.
+
+    From `random`, not `uuid.uuid4()`: its `os.urandom` releases the GIL, and getting it back while decode and
+    inference threads hold it stalled the event loop by ~1.2 ms per request. An ID needs to be unique, not secret;
+    `random` is seeded from the OS and reseeded in forked children.
+    """
+    return uuid.UUID(int=random.getrandbits(128), version=4).hex
 
 
 def _route_template(scope: Scope) -> str:

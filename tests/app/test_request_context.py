@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import uuid
 from pathlib import Path
 
 import pytest
@@ -10,7 +12,7 @@ from starlette.testclient import TestClient
 
 from app.errors import INTERNAL_ERROR_MESSAGE
 from app.main import create_app
-from app.request_context import RequestIdFilter
+from app.request_context import RequestIdFilter, new_request_id
 from app.runtime import Runtime
 from tests.app.service_support import error_body, service_settings, wait_until_ready
 
@@ -44,3 +46,20 @@ def test_an_unexpected_500_keeps_its_request_id_and_cors_headers_and_is_logged_o
     assert [(record.getMessage().split()[2], getattr(record, "request_id", None)) for record in access] == [
         ("500", "trace-500")
     ]
+
+
+def test_generated_request_ids_are_version_4_uuids_that_do_not_repeat() -> None:
+    ids = [new_request_id() for _ in range(10_000)]
+    assert len(set(ids)) == len(ids)
+    parsed = [uuid.UUID(hex=value) for value in ids]
+    assert {(value.version, value.variant) for value in parsed} == {(4, uuid.RFC_4122)}
+    assert [value.hex for value in parsed] == ids
+
+
+def test_a_request_id_does_not_ask_the_os_for_randomness(monkeypatch: pytest.MonkeyPatch) -> None:
+    # os.urandom releases the GIL, and the event loop then waits to get it back from busy threads (see the docstring).
+    def refuse(size: int) -> bytes:
+        raise AssertionError(f"os.urandom({size}) on the event loop")
+
+    monkeypatch.setattr(os, "urandom", refuse)
+    assert len(new_request_id()) == 32
