@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -111,6 +113,16 @@ def test_missing_peer_folder_and_java_are_each_named(tmp_path: Path, monkeypatch
     ]
 
 
+@pytest.fixture
+def app_log_level() -> Iterator[None]:
+    """The bench's `main` quiets the app's loggers for its run; tests after this one need them back."""
+    app_logger = logging.getLogger("app")
+    level = app_logger.level
+    yield
+    app_logger.setLevel(level)
+
+
+@pytest.mark.usefixtures("app_log_level")
 def test_peer_mode_skips_with_a_message_when_the_peer_is_absent(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
