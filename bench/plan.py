@@ -68,6 +68,8 @@ class Plan:
     workload_single_images: int
     ceiling_warmup_seconds: float
     ceiling_seconds: float
+    # Rounds of the server at c=16 on photos and sample, each between two ceiling measurements.
+    ceiling_rounds: int = 3
     ceiling_batch_size: int = 8
     workload_concurrency_levels: tuple[int, ...] = (1, COMPARISON_CONCURRENCY)
     workload_body: BodyKind = "multipart"
@@ -126,5 +128,6 @@ QUICK_PLAN = Plan(
     workload_single_images=4,
     ceiling_warmup_seconds=0.5,
     ceiling_seconds=2.0,
+    ceiling_rounds=2,
     concurrency_levels=(1, COMPARISON_CONCURRENCY),
 )

@@ -69,21 +69,22 @@ class Ceiling:
     rounds_images_per_s: tuple[float, ...] = ()
 
 
-def bracketing(before: Ceiling, after: Ceiling) -> Ceiling:
-    """The mean of a ceiling measured right before the server's levels and one right after them.
+def pooled(rounds: Sequence[Ceiling]) -> Ceiling:
+    """The ceilings measured between (and around) the server's c=16 rounds as one: their mean, with each round kept.
 
-    A shared machine's speed drifts by 10-20% over minutes (other tenants, turbo); the server's level sits
-    between the two, so their mean is the ceiling of the same conditions, and their spread shows the drift.
+    A shared machine's speed drifts by 10-30% within minutes (other tenants, turbo), so the ceiling is measured
+    right before and after each of the server's rounds; `share_of_ceiling` divides each round by its own two.
     """
+    count = len(rounds)
     return Ceiling(
-        callers=before.callers,
-        batch_size=before.batch_size,
-        images_per_s=round((before.images_per_s + after.images_per_s) / 2, 2),
-        images=before.images + after.images,
-        seconds=round(before.seconds + after.seconds, 2),
-        cpu_ms_per_image=round((before.cpu_ms_per_image + after.cpu_ms_per_image) / 2, 1),
-        others_cpu_percent=max(before.others_cpu_percent, after.others_cpu_percent),
-        rounds_images_per_s=(before.images_per_s, after.images_per_s),
+        callers=rounds[0].callers,
+        batch_size=rounds[0].batch_size,
+        images_per_s=round(sum(ceiling.images_per_s for ceiling in rounds) / count, 2),
+        images=sum(ceiling.images for ceiling in rounds),
+        seconds=round(sum(ceiling.seconds for ceiling in rounds), 2),
+        cpu_ms_per_image=round(sum(ceiling.cpu_ms_per_image for ceiling in rounds) / count, 1),
+        others_cpu_percent=max(ceiling.others_cpu_percent for ceiling in rounds),
+        rounds_images_per_s=tuple(ceiling.images_per_s for ceiling in rounds),
     )
 
 
@@ -100,7 +101,7 @@ class BestSingleImage:
 
 def bracketing_single_image(before: BestSingleImage, after: BestSingleImage) -> BestSingleImage:
     """Per setting, the mean p50 of a measurement right before the server's c=1 level and one right after it;
-    the best setting by that mean (see `bracketing` for why)."""
+    the best setting by that mean (see `pooled` for why)."""
     by_setting = {
         name: round((p50 + after.by_setting_p50_ms[name]) / 2, 3) for name, p50 in before.by_setting_p50_ms.items()
     }
@@ -254,12 +255,25 @@ class WorkloadResult:
     levels: list[LevelResult]
     baseline_levels: list[LevelResult]
     paired_single_image: PairedSingleImage | None = None
-    # 12 MP: the server's c=16 level again, right after the baseline's, so that the baseline sits between two of ours
+    # The server's c=16 level again: photos and sample, the further rounds between ceilings; 12 MP, right after the
+    # baseline's, so that the baseline sits between two of ours
     repeated_levels: list[LevelResult] = field(default_factory=list)
 
     def level(self, concurrency: int, *, baseline: bool = False) -> LevelResult | None:
         rows = self.baseline_levels if baseline else self.levels
         return next((row for row in rows if row.concurrency == concurrency), None)
+
+    def shares_of_ceiling(self) -> list[tuple[float, float]]:
+        """(c=16 images/s, ceiling images/s) of each round of ours: the ceiling is the mean of the two measured
+        right before and right after it when they were, else the ceiling's mean."""
+        first = self.level(COMPARISON_CONCURRENCY)
+        ours = [level.images_per_s for level in [first, *self.repeated_levels] if level is not None]
+        rounds = self.ceiling.rounds_images_per_s
+        if len(rounds) == len(ours) + 1:
+            around = [round((before + after) / 2, 2) for before, after in itertools.pairwise(rounds)]
+        else:
+            around = [self.ceiling.images_per_s] * len(ours)
+        return list(zip(ours, around, strict=True))
 
 
 def baseline_env(cpu_count: int) -> dict[str, str]:
@@ -312,9 +326,13 @@ def run_workloads(
         logger.info("  %.1f images/s", measured.images_per_s)
         return measured
 
+    def level_of(workload: Workload, concurrency: int) -> LevelResult:
+        return server.run_level(concurrency, plan.workload_body, workload=workload.name, images=workload.images)
+
     for workload in workloads:
-        ceiling = ceiling_of(workload)
         levels = []
+        ceilings: list[Ceiling] = []
+        repeated_levels: list[LevelResult] = []
         best: BestSingleImage | None = None
         paired: PairedSingleImage | None = None
         for concurrency in plan.workload_concurrency_levels:
@@ -322,9 +340,16 @@ def run_workloads(
                 subset = every_nth(workload.images, plan.workload_single_images)
                 repeats = max(plan.single_image_repeats, -(-MIN_SINGLE_IMAGE_RUNS // len(subset)))
                 best, _ = measure_best_single_image(subset, single_models, repeats=repeats)
-            levels.append(
-                server.run_level(concurrency, plan.workload_body, workload=workload.name, images=workload.images)
-            )
+            if concurrency == COMPARISON_CONCURRENCY:
+                # Measured right before the level it is compared with: a minute earlier, the machine may be another.
+                ceilings.append(ceiling_of(workload))
+            levels.append(level_of(workload, concurrency))
+            if concurrency == COMPARISON_CONCURRENCY and workload.name in THROUGHPUT_TARGET_WORKLOADS:
+                # Ceiling, level, ceiling, level, ..., ceiling: each round of ours between two of the ceiling.
+                ceilings.append(ceiling_of(workload))
+                for _ in range(plan.ceiling_rounds - 1):
+                    repeated_levels.append(level_of(workload, concurrency))
+                    ceilings.append(ceiling_of(workload))
             if concurrency == 1 and best is not None:
                 after, _ = measure_best_single_image(subset, single_models, repeats=repeats)
                 best = bracketing_single_image(best, after)
@@ -342,10 +367,9 @@ def run_workloads(
                     paired.median_difference_ms,
                     paired.pairs,
                 )
-        if workload.name in THROUGHPUT_TARGET_WORKLOADS:
-            ceiling = bracketing(ceiling, ceiling_of(workload))
+        if not ceilings:
+            raise RuntimeError(f"the workload levels must include c={COMPARISON_CONCURRENCY} (the ceiling's level)")
         baseline_levels = []
-        repeated_levels: list[LevelResult] = []
         if workload.name == TWELVE_MP:
             with started_server(
                 "38da6f0 defaults",
@@ -361,10 +385,7 @@ def run_workloads(
                     for concurrency in plan.workload_concurrency_levels
                 ]
             # Ours at c=16 once more, so the baseline's level sits between two of ours (the machine drifts).
-            again = server.run_level(
-                COMPARISON_CONCURRENCY, plan.workload_body, workload=workload.name, images=workload.images
-            )
-            repeated_levels = [again]
+            repeated_levels.append(level_of(workload, COMPARISON_CONCURRENCY))
         if best is None or paired is None:
             raise RuntimeError("the workload levels must include c=1 (the single-image reference)")
         results.append(
@@ -373,7 +394,7 @@ def run_workloads(
                 description=workload.description,
                 images=len(workload.images),
                 median_megapixels=workload.median_megapixels,
-                ceiling=ceiling,
+                ceiling=pooled(ceilings),
                 best_single_image=best,
                 levels=levels,
                 baseline_levels=baseline_levels,

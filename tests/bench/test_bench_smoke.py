@@ -54,6 +54,11 @@ def test_quick_benchmark_writes_every_section(served_model_path: Path, tmp_path:
         assert [level["concurrency"] for level in workload["levels"]] == [1, 16], workload["name"]
         assert all(level["workload"] == workload["name"] for level in workload["levels"])
     assert [level["concurrency"] for level in workloads["12mp"]["baseline_levels"]] == [1, 16]
+    for name in ("photos", "sample"):
+        if name in workloads:  # the quick plan's 2 rounds of c=16, each between two ceilings
+            assert len(workloads[name]["ceiling"]["rounds_images_per_s"]) == 3, name
+            assert [level["concurrency"] for level in workloads[name]["repeated_levels"]] == [16], name
+    assert len(workloads["12mp"]["ceiling"]["rounds_images_per_s"]) == 1
     workload_targets = {target["name"]: target for target in report["workload_targets"]}
     assert workload_targets["errors under load, workloads"]["value"] == 0
     assert "12mp: c=16 images/s ÷ 38da6f0 defaults" in workload_targets
