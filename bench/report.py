@@ -292,7 +292,8 @@ def evaluate_workloads(results: Sequence[WorkloadResult]) -> list[Target]:
                     f">= {MIN_SHARE_OF_CEILING}",
                     lambda value: value >= MIN_SHARE_OF_CEILING,
                     f"median of {len(shares)} rounds, each ÷ the mean of the ceilings right before and after it: "
-                    f"{each} images/s (ceilings {', '.join(map(str, ceiling.rounds_images_per_s))}; "
+                    f"{each} images/s (ceilings {', '.join(map(str, ceiling.rounds_images_per_s))}; all rounds "
+                    f"pooled {_ratio(sum(ours for ours, _ in shares), sum(around for _, around in shares), 3)}; "
                     f"{ceiling.callers} callers × batch {ceiling.batch_size}, one session, 1 thread per run); "
                     f"others' CPU {c16.others_cpu_percent if c16 else nan}% / {ceiling.others_cpu_percent}%",
                 )
