@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import logging
 import signal
+import socket
 import sys
 import threading
 from types import FrameType
@@ -24,6 +26,8 @@ logger = logging.getLogger("app.server")
 STARTUP_FAILURE_EXIT_CODE = 3
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
 MMAP_THRESHOLD_BYTES = 1 << 20
+# After the listener closes, how long connections already accepted get to deliver the request their client sent.
+ACCEPTED_REQUEST_GRACE_S = 0.1
 
 
 class DrainingServer(uvicorn.Server):
@@ -70,6 +74,15 @@ class DrainingServer(uvicorn.Server):
 
     def _stop_accepting(self) -> None:
         self.should_exit = True
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        # uvicorn closes every connection with no request in progress as soon as it stops listening: a request
+        # its client had already sent, still unread in the socket, then met a TCP reset instead of an answer.
+        # Stop listening first and read what accepted connections send for a moment; those requests are served.
+        for server in self.servers:
+            server.close()
+        await asyncio.sleep(ACCEPTED_REQUEST_GRACE_S)
+        await super().shutdown(sockets)
 
 
 def _return_large_buffers_to_the_system() -> None:

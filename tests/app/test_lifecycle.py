@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import re
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -15,15 +16,18 @@ import httpx
 import numpy as np
 import numpy.typing as npt
 import pytest
+import uvicorn
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from app.__main__ import STARTUP_FAILURE_EXIT_CODE
+from app import __main__ as server_main
+from app.__main__ import STARTUP_FAILURE_EXIT_CODE, DrainingServer
 from app.config import Settings
 from app.inference import OnnxModel
 from app.main import create_app
 from tests.app.failing_warm_up import WARM_UP_ERROR
-from tests.app.live_server import STARTUP_TIMEOUT_S, live_server, spawn_server
+from tests.app.live_server import STARTUP_TIMEOUT_S, free_port, live_server, spawn_server
+from tests.app.service_support import service_settings
 
 RELEASE_TIMEOUT_S = 30.0
 
@@ -210,3 +214,49 @@ def test_a_run_stuck_past_the_deadlines_fails_liveness_until_it_returns(
         stuck["error"]["message"],
     )
     assert (v2_stuck.status_code, v2_stuck.json()) == (503, {"live": False})
+
+
+def _refused(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
+def test_a_request_sent_on_an_accepted_connection_as_shutdown_begins_is_answered(
+    served_model_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Long enough that sending the request after the listener has closed is not a race in this test.
+    monkeypatch.setattr(server_main, "ACCEPTED_REQUEST_GRACE_S", 2.0)
+    image = _jpeg()
+    request = (
+        b"POST /v1/predict HTTP/1.1\r\nHost: test\r\nContent-Type: image/jpeg\r\nConnection: close\r\n"
+        + f"Content-Length: {len(image)}\r\n\r\n".encode()
+        + image
+    )
+    port = free_port()
+    app = create_app(service_settings(served_model_path))
+    server = DrainingServer(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None), threading.Event(), 0.0, threading.Event()
+    )
+    thread = threading.Thread(target=server.run, name="draining-server")
+    thread.start()
+    try:
+        _wait_until(lambda: server.started, timeout_s=STARTUP_TIMEOUT_S)
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}") as http:
+            _wait_until(lambda: http.get("/health/ready").status_code == 200, timeout_s=STARTUP_TIMEOUT_S)
+        _wait_until(lambda: not server.server_state.connections)
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as connection:
+            _wait_until(lambda: len(server.server_state.connections) == 1)  # accepted, no request yet
+            server.should_exit = True
+            _wait_until(lambda: _refused(port))
+            connection.sendall(request)
+            answer = b""
+            while chunk := connection.recv(65536):
+                answer += chunk
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+    assert answer.startswith(b"HTTP/1.1 200 OK\r\n"), answer[:200]
+    assert not thread.is_alive()
