@@ -307,9 +307,12 @@ def evaluate_workloads(results: Sequence[WorkloadResult]) -> list[Target]:
             # Image by image, back to back: the p50s of a level and of a reference a minute apart also carry the
             # machine's drift, which moved a 12 MP reference by 20 ms within one level.
             c1_gap = paired.median_difference_ms
+            settings = "; ".join(f"{name} {p50} ms" for name, p50 in paired.in_process_p50_by_setting_ms.items())
             how = (
                 f"median over {paired.pairs} back-to-back pairs (server {paired.server_p50_ms} ms, in process "
-                f"{paired.in_process_p50_ms} ms, {paired.setting}); c=1 level p50 − reference: {unpaired}"
+                f"{paired.in_process_p50_ms} ms, {paired.setting}"
+                + (f", the fastest in process of: {settings}" if settings else "")
+                + f"); c=1 level p50 − reference: {unpaired}"
             )
         targets.append(
             _check(
