@@ -351,7 +351,7 @@ def workload_cross_checks(results: Sequence[WorkloadResult]) -> list[Target]:
         c16 = result.level(COMPARISON_CONCURRENCY)
         if result.name not in THROUGHPUT_TARGET_WORKLOADS or c16 is None:
             continue
-        rounds = [level.server_cpu_ms_per_image for level in [c16, *result.repeated_levels]]
+        rounds = [level.server_cpu_ms_per_image for level in result.comparison_levels]
         server_cpu = round(sum(rounds) / len(rounds), 1)
         checks.append(
             _check(
@@ -367,9 +367,9 @@ def workload_cross_checks(results: Sequence[WorkloadResult]) -> list[Target]:
 
 def _regression_checks(result: WorkloadResult) -> list[Target]:
     nan = float("nan")
-    c1, c16 = result.level(1), result.level(COMPARISON_CONCURRENCY)
+    c1 = result.level(1)
     old_c1, old_c16 = result.level(1, baseline=True), result.level(COMPARISON_CONCURRENCY, baseline=True)
-    ours = [level.images_per_s for level in [c16, *result.repeated_levels] if level is not None]
+    ours = [level.images_per_s for level in result.comparison_levels]
     ours_mean = round(sum(ours) / len(ours), 2) if ours else nan
     rounds = f" (mean of {' and '.join(map(str, ours))}, before and after it)" if len(ours) > 1 else ""
     return [

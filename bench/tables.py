@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from bench.plan import COMPARISON_CONCURRENCY
 from bench.report import KIB_PER_MIB, BenchReport, Target
 
 Cell = str | int | float
@@ -145,9 +144,9 @@ def _workloads_table(report: BenchReport) -> str:
     for result in report.workloads:
         best = result.best_single_image
         # Each c=16 round of ours against the ceilings measured around it; the rest against the ceiling's mean.
+        rounds = zip(result.comparison_levels, result.shares_of_ceiling(), strict=True)
+        around = {id(level): ceiling for level, (_, ceiling) in rounds}
         ours = [*result.levels, *result.repeated_levels]
-        rounds = [level for level in ours if level.concurrency == COMPARISON_CONCURRENCY]
-        around = {id(level): ceiling for level, (_, ceiling) in zip(rounds, result.shares_of_ceiling(), strict=True)}
         for server, levels in (("ours", ours), ("38da6f0 defaults", result.baseline_levels)):
             for level in levels:
                 ceiling = around.get(id(level), result.ceiling.images_per_s)

@@ -73,7 +73,7 @@ def pooled(rounds: Sequence[Ceiling]) -> Ceiling:
     """The ceilings measured between (and around) the server's c=16 rounds as one: their mean, with each round kept.
 
     A shared machine's speed drifts by 10-30% within minutes (other tenants, turbo), so the ceiling is measured
-    right before and after each of the server's rounds; `share_of_ceiling` divides each round by its own two.
+    right before and after each of the server's rounds; `shares_of_ceiling` divides each round by its own two.
     """
     count = len(rounds)
     return Ceiling(
@@ -246,7 +246,7 @@ class PairedSingleImage:
     def fastest(cls, series: Mapping[str, Sequence[tuple[float, float]]]) -> PairedSingleImage:
         """The pairs of the setting that was fastest in process within its own pairs: the best single image is
         chosen from measurements interleaved with the server's, not from a reference taken a minute away, where
-        drift once picked the slower setting and made the server look 20-30 ms faster than the best."""
+        drift twice picked the slower setting and made the server look 27-33 ms faster than the best."""
         summaries = [cls.of(setting, pairs) for setting, pairs in series.items()]
         best = min(summaries, key=lambda summary: summary.in_process_p50_ms)
         by_setting = {summary.setting: summary.in_process_p50_ms for summary in summaries}
@@ -275,11 +275,16 @@ class WorkloadResult:
         rows = self.baseline_levels if baseline else self.levels
         return next((row for row in rows if row.concurrency == concurrency), None)
 
+    @property
+    def comparison_levels(self) -> list[LevelResult]:
+        """Every c=16 level of ours, in the order they ran."""
+        first = self.level(COMPARISON_CONCURRENCY)
+        return [*([first] if first is not None else []), *self.repeated_levels]
+
     def shares_of_ceiling(self) -> list[tuple[float, float]]:
         """(c=16 images/s, ceiling images/s) of each round of ours: the ceiling is the mean of the two measured
         right before and right after it when they were, else the ceiling's mean."""
-        first = self.level(COMPARISON_CONCURRENCY)
-        ours = [level.images_per_s for level in [first, *self.repeated_levels] if level is not None]
+        ours = [level.images_per_s for level in self.comparison_levels]
         rounds = self.ceiling.rounds_images_per_s
         if len(rounds) == len(ours) + 1:
             around = [round((before + after) / 2, 2) for before, after in itertools.pairwise(rounds)]
