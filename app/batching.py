@@ -6,8 +6,9 @@ thread, and fans results back out. While batches run, new requests queue up, so 
 cost nothing when idle. A batch that finds nothing else queued, running or on its way (`pending`) may go to
 `run_solo` instead (e.g. a run with every core), so a lone request gets the machine's best latency.
 When another batch is already running, the machine is busy and a batch of one would cost nearly twice the
-CPU per image of a batch of eight: an idle instance then waits for its share of what is on its way (at most
-its share of a full batch), until a run ends, or `busy_delay_ms` at most, whichever comes first.
+CPU per image of a batch of eight: an idle instance then waits for its share of the images the load keeps in
+flight (`demand`, less the rows running; at most its share of a full batch), or `busy_delay_ms` at most. When
+a run ends the share is worked out again, so an instance stops waiting once nothing more is expected.
 The queue is bounded: when full, callers get `OverloadedError` at once instead of unbounded waiting.
 """
 
@@ -50,6 +51,35 @@ class _Job:
     enqueued_at: float = field(default_factory=time.perf_counter)
 
 
+class RecentPeak:
+    """The highest count seen over the last one to two windows: how many images a steady load keeps in flight,
+    even at the moments when some of its requests are between one answer and the next."""
+
+    def __init__(self, window_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self._window_s = window_s
+        self._clock = clock
+        self._window_started = clock()
+        self._previous = 0
+        self._current = 0
+
+    def observe(self, count: int) -> None:
+        self._roll()
+        self._current = max(self._current, count)
+
+    def value(self) -> int:
+        self._roll()
+        return max(self._previous, self._current)
+
+    def _roll(self) -> None:
+        elapsed = self._clock() - self._window_started
+        if elapsed < self._window_s:
+            return
+        # A window with nothing observed after a long quiet spell holds no peak either.
+        self._previous = self._current if elapsed < 2 * self._window_s else 0
+        self._current = 0
+        self._window_started += self._window_s * (elapsed // self._window_s)
+
+
 class _BatchBuffer:
     """One model instance's input buffer: its batches are stacked (on the inference thread) into the same memory."""
 
@@ -79,6 +109,7 @@ class MicroBatcher:
         run_solo: RunBatch | None = None,
         busy_delay_ms: float = 0.0,
         pending: Callable[[], int] | None = None,
+        demand: Callable[[], int] | None = None,
         on_batch: BatchObserver | None = None,
     ) -> None:
         self._run_batch = run_batch
@@ -91,6 +122,11 @@ class MicroBatcher:
         # Images admitted upstream and not yet answered (decoding, queued or running): a batch that holds all of
         # them is truly alone. Without it, only the queue and the runs are looked at.
         self._pending = pending
+        # Images the load keeps in flight (e.g. the recent peak of `pending`): a busy instance waits for its share
+        # of them. `pending` alone undercounts: a closed-loop client's next request is still on the wire or in
+        # the HTTP layer when the first of its batch-mates arrives, and the instance then ran a batch of one.
+        # Without it: a full share while a run is in flight, nothing once it ends.
+        self._demand = demand
         self._queue: asyncio.Queue[_Job] = asyncio.Queue(maxsize=max_queue_size)
         self._executor = ThreadPoolExecutor(max_workers=instances, thread_name_prefix="inference")
         self._workers: list[asyncio.Task[None]] = []
@@ -101,6 +137,7 @@ class MicroBatcher:
         # Set (and replaced) whenever a run ends: what an instance waiting for company also wakes on.
         self._run_ended = asyncio.Event()
         self._run_numbers = itertools.count()
+        self._forming = asyncio.Lock()
 
     @property
     def depth(self) -> int:
@@ -149,7 +186,10 @@ class MicroBatcher:
         # came from a new mmap each time, and faulting its pages in cost more than copying into it.
         buffer = _BatchBuffer(self._max_batch_size)
         while True:
-            jobs = await self._gather()
+            # One batch forms at a time (as in Triton's scheduler): two instances gathering at once split the
+            # arrivals between them and each ran a fraction of a batch.
+            async with self._forming:
+                jobs = await self._gather()
             live = [job for job in jobs if not job.future.done()]  # callers that gave up are skipped
             if not live:
                 continue
@@ -203,21 +243,23 @@ class MicroBatcher:
             jobs.append(self._queue.get_nowait())
         if self._running and self._busy_delay_s > 0:
             # Busy: wait for this instance's share rather than run a tiny batch beside the running one.
-            await self._fill_while_busy(jobs, self._busy_target(), started + self._busy_delay_s)
+            await self._fill_while_busy(jobs, started + self._busy_delay_s)
         # With a batch timeout, wait that long for more to arrive.
         await self._fill(jobs, self._max_batch_size, started + self._timeout_s)
         return jobs
 
     def _busy_target(self) -> int:
-        """This instance's share of a full batch, but no more than the images on their way (decoding or queued)."""
+        """This instance's share of a full batch, but no more than the images the load keeps in flight beyond the
+        rows now running."""
         share = max(1, self._max_batch_size // self._instances)
-        if self._pending is None:
-            return share
+        if self._demand is None:
+            return share if self._running else 1
         running_rows = sum(rows for _, rows in self._running.values())
-        return max(1, min(share, self._pending() - running_rows))
+        return max(1, min(share, self._demand() - running_rows))
 
-    async def _fill_while_busy(self, jobs: list[_Job], size: int, deadline: float) -> None:
-        while len(jobs) < size and self._running:
+    async def _fill_while_busy(self, jobs: list[_Job], deadline: float) -> None:
+        # The target is worked out again after every arrival and every run that ends.
+        while len(jobs) < self._busy_target():
             if not self._queue.empty():
                 jobs.append(self._queue.get_nowait())
                 continue

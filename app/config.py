@@ -114,9 +114,9 @@ class Settings(BaseSettings):
     # None: CPU_MAX_BATCH_SIZE or GPU_MAX_BATCH_SIZE, by the provider that actually runs the model.
     max_batch_size: int | None = Field(default=None, ge=1)
     batch_timeout_ms: float = Field(default=0.0, ge=0)
-    # While another batch runs (the machine is busy), an idle model instance waits for its share of the images on
-    # their way, until a run ends, or this long at most: on CPU a batch of 1 costs ~51 ms of CPU per image against
-    # ~28 at 8, so under load small batches halve throughput (docs/performance.md). A lone request never waits.
+    # While another batch runs (the machine is busy), an idle model instance waits for its share of the images the
+    # load keeps in flight, this long at most: on CPU a batch of 1 costs ~51 ms of CPU per image against ~28 at 8,
+    # so under load small batches halve throughput (docs/performance.md). A lone request never waits.
     busy_batch_delay_ms: float = Field(default=100.0, ge=0)
     max_queue_size: int = Field(default=256, ge=1)
     request_timeout_s: float = Field(default=30.0, gt=0)

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import numpy as np
 import numpy.typing as npt
 
-from app.batching import InferenceResult, MicroBatcher
+from app.batching import InferenceResult, MicroBatcher, RecentPeak
 from app.budget import MemoryBudget
 from app.config import DEFAULT_TOP_K, Settings
 from app.errors import (
@@ -46,6 +46,9 @@ from model.metadata import Preprocessing
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+# The load's demand is the peak of admitted images over the last 0.5-1 s: longer than a batch of 8 takes on CPU
+# (~0.25 s), so a closed loop's whole concurrency is seen; short, so a load that stops is forgotten quickly.
+DEMAND_WINDOW_S = 0.5
 
 
 def prepare_image(
@@ -85,6 +88,8 @@ class Runtime:
         self._decode_pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
         self.plan = inference_plan(settings, on_gpu=model.providers.on_gpu, solo=model.solo_threads)
         self.max_batch_size = self.plan.max_batch_size
+        # What a steady load keeps admitted: between two of a client's requests, `_admitted` misses it.
+        self._recent_admitted = RecentPeak(DEMAND_WINDOW_S)
         self._batcher = MicroBatcher(
             model.run,
             max_batch_size=self.max_batch_size,
@@ -94,6 +99,7 @@ class Runtime:
             run_solo=model.run_solo if model.solo_threads else None,
             busy_delay_ms=settings.busy_batch_delay_ms,
             pending=lambda: self._admitted,
+            demand=self._recent_admitted.value,
             on_batch=self._observe_batch,
         )
         self._ready = asyncio.Event()
@@ -336,6 +342,7 @@ class Runtime:
                 f"the server is at capacity ({self.settings.max_queue_size} images in flight); retry shortly"
             )
         self._admitted += count
+        self._recent_admitted.observe(self._admitted)
         try:
             yield
         finally:

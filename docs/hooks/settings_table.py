@@ -77,7 +77,7 @@ MEANINGS = {
     "batch_timeout_ms": "how long a batch waits for more images once it has one (`0`: none; requests that queue "
     "while a batch runs still share the next one)",
     "busy_batch_delay_ms": "while another batch runs, the longest an idle model instance waits for its share of "
-    "the images on their way (it also stops waiting when a run ends; a lone request never waits)",
+    "the images the load keeps in flight (the peak of the last 0.5-1 s; a lone request never waits)",
     "max_queue_size": "images in flight (decoding, queued or running) before new requests get 503 at once",
     "request_timeout_s": "per-request deadline (504 after it)",
     "stuck_run_deadlines": "an inference run still going after this many request deadlines fails `/health/live` (503)",

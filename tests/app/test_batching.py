@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -16,7 +17,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from app.batching import InferenceResult, MicroBatcher, _BatchBuffer
+from app.batching import InferenceResult, MicroBatcher, RecentPeak, _BatchBuffer
 from app.errors import InferenceError, ModelNotReadyError, OverloadedError
 
 FloatArray = npt.NDArray[np.float32]
@@ -392,7 +393,7 @@ def test_a_busy_instance_waits_only_for_the_images_on_their_way() -> None:
             max_queue_size=64,
             instances=2,
             busy_delay_ms=3_600_000,
-            pending=lambda: 3,
+            demand=lambda: 3,
         )
         batcher.start()
         try:
@@ -411,6 +412,109 @@ def test_a_busy_instance_waits_only_for_the_images_on_their_way() -> None:
 
     assert asyncio.run(main()) == [0, 1, 2]
     assert model.batches == [[0], [1, 2]]
+
+
+def test_one_batch_forms_at_a_time_so_a_freed_instance_does_not_split_the_arrivals() -> None:
+    model = HeldFakeModel()
+
+    async def main() -> None:
+        # Five images in flight: while image 0 runs, image 1 waits for its share (4); then image 0's run ends.
+        batcher = MicroBatcher(
+            model,
+            max_batch_size=8,
+            timeout_ms=0,
+            max_queue_size=64,
+            instances=2,
+            busy_delay_ms=WAIT_S * 1000,
+            demand=lambda: 5,
+        )
+        batcher.start()
+        try:
+            first = await hold_first_batch(batcher, model)
+            second = asyncio.create_task(batcher.infer(image(1)))
+            await wait_for_depth(batcher, 0)  # taken by the idle instance, which now waits for company
+            model.release_first_batch.set()
+            await asyncio.wait_for(first, WAIT_S)
+            # The instance that ran image 0 is free again, but the batch being formed takes what arrives.
+            later = [asyncio.create_task(batcher.infer(image(image_id))) for image_id in (2, 3, 4)]
+            results = await asyncio.wait_for(asyncio.gather(second, *later), WAIT_S)
+            assert [returned_id(result) for result in results] == [1, 2, 3, 4]
+        finally:
+            model.release_first_batch.set()
+            await batcher.stop()
+
+    asyncio.run(main())
+    # Before: [[0], [1], [2, 3, 4]] (the waiting instance gave up when the run ended); without the one batch forming
+    # at a time, the freed instance would take image 2 for a batch of its own.
+    assert model.batches == [[0], [1, 2, 3, 4]]
+
+
+def test_a_closed_loop_keeps_its_batches_full_when_requests_come_back_with_a_delay() -> None:
+    """16 clients, 2 instances, a run of 8 taking ~0.1 s: each client's next image arrives 2-10 ms after its
+    answer (the HTTP round trip and decoding). Measured before the fix: mean batch 4.3-5.2, a third of them
+    single images, because the waiting instance counted only the images already admitted."""
+    sizes: list[int] = []
+    rng = random.Random(0)
+
+    def run(batch: FloatArray) -> FloatArray:
+        sizes.append(len(batch))
+        time.sleep(0.002 + 0.012 * len(batch))
+        return np.repeat(batch[:, :1], 4, axis=1)
+
+    async def main() -> None:
+        admitted = 0
+        peak = RecentPeak(0.5)
+        batcher = MicroBatcher(
+            run,
+            max_batch_size=16,
+            timeout_ms=0,
+            max_queue_size=64,
+            instances=2,
+            busy_delay_ms=100,
+            pending=lambda: admitted,
+            demand=peak.value,
+        )
+        batcher.start()
+        stop_at = time.perf_counter() + 4.0
+
+        async def client(client_id: int) -> None:
+            nonlocal admitted
+            while time.perf_counter() < stop_at:
+                await asyncio.sleep(rng.uniform(0.002, 0.010))
+                admitted += 1
+                peak.observe(admitted)
+                try:
+                    assert returned_id(await batcher.infer(image(client_id))) == client_id
+                finally:
+                    admitted -= 1
+
+        try:
+            await asyncio.gather(*(client(client_id) for client_id in range(16)))
+        finally:
+            await batcher.stop()
+
+    asyncio.run(main())
+    # The first batches (the clients arriving) and the last (the clients stopping) may be partial.
+    steady = sizes[4:-4]
+    assert len(steady) >= 10
+    assert sum(steady) / len(steady) >= 7.0, sizes
+    assert steady.count(1) <= 1, sizes
+
+
+def test_the_recent_peak_remembers_the_highest_count_for_one_to_two_windows() -> None:
+    now = [100.0]
+    peak = RecentPeak(0.5, clock=lambda: now[0])
+    peak.observe(3)
+    peak.observe(16)
+    peak.observe(9)
+    assert peak.value() == 16
+    now[0] += 0.6  # next window: the last one's peak still counts
+    peak.observe(2)
+    assert peak.value() == 16
+    now[0] += 0.5  # two windows on: forgotten
+    assert peak.value() == 2
+    now[0] += 5.0  # a long quiet spell: nothing
+    assert peak.value() == 0
 
 
 def test_an_instance_stacks_every_batch_into_the_same_memory() -> None:
