@@ -68,8 +68,9 @@ class Plan:
     workload_single_images: int
     ceiling_warmup_seconds: float
     ceiling_seconds: float
-    # Rounds of the server at c=16 on photos and sample, each between two ceiling measurements.
-    ceiling_rounds: int = 3
+    # Rounds of the server at c=16 on photos and sample, each between two ceiling measurements. Five, not three:
+    # a single round's ratio moved by up to +-6% with the machine, and a median of five rounds is steadier.
+    ceiling_rounds: int = 5
     ceiling_batch_size: int = 8
     workload_concurrency_levels: tuple[int, ...] = (1, COMPARISON_CONCURRENCY)
     workload_body: BodyKind = "multipart"
