@@ -81,9 +81,13 @@ async def read_batch_uploads(request: Request, max_files: int) -> list[Upload]:
 @dataclass
 class _Part:
     name: str
+    # None for a text part; a file part's may be "" (still a file, as in Starlette and browsers).
     filename: str | None
-    is_file: bool
     pieces: list[memoryview | bytes] = dataclasses.field(default_factory=list)
+
+    @property
+    def is_file(self) -> bool:
+        return self.filename is not None
 
     def data(self) -> bytes:
         return b"".join(self.pieces)
@@ -140,19 +144,18 @@ class _MultipartReader:
         if b"name" not in options:
             raise InvalidParameterError("malformed multipart body: a part has no name in its Content-Disposition")
         name = options[b"name"].decode("utf-8", "replace")
-        # As in Starlette and browsers: a part with a filename parameter is a file, even an empty one.
         if b"filename" in options:
             self._files += 1
             if self._files > self._max_files:
                 raise PayloadTooLargeError(f"at most {self._max_files} image(s) per request")
-            self._current = _Part(name=name, filename=options[b"filename"].decode("utf-8", "replace"), is_file=True)
+            self._current = _Part(name=name, filename=options[b"filename"].decode("utf-8", "replace"))
         else:
             self._fields += 1
             if self._fields > self._max_fields:
                 raise InvalidParameterError(
                     f"malformed multipart body: more than {self._max_fields} fields; send only the image"
                 )
-            self._current = _Part(name=name, filename=None, is_file=False)
+            self._current = _Part(name=name, filename=None)
 
     def _part_data(self, data: bytes, start: int, end: int) -> None:
         if self._current is None or not self._current.is_file or start == end:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 
 import pytest
 from hypothesis import given, settings
@@ -37,7 +38,7 @@ def request(body: bytes, cuts: list[int] | None = None, content_type: str | None
     edges = [0, *sorted(cut for cut in cuts or [] if 0 < cut < len(body)), len(body)]
     messages: list[Message] = [
         {"type": "http.request", "body": body[start:end], "more_body": end < len(body)}
-        for start, end in zip(edges, edges[1:], strict=False)
+        for start, end in itertools.pairwise(edges)
     ]
 
     async def receive() -> Message:
