@@ -71,6 +71,9 @@ class Plan:
     # Rounds of the server at c=16 on photos and sample, each between two ceiling measurements. Five, not three:
     # a single round's ratio moved by up to +-6% with the machine, and a median of five rounds is steadier.
     ceiling_rounds: int = 5
+    # At least this many back-to-back pairs for the c=1 comparison. A 12 MP pair's difference moved by +-20 ms
+    # with the machine, so the median of 20 pairs (four images x five) moved by +-6 ms between runs.
+    min_paired_runs: int = 0
     ceiling_batch_size: int = 8
     workload_concurrency_levels: tuple[int, ...] = (1, COMPARISON_CONCURRENCY)
     workload_body: BodyKind = "multipart"
@@ -106,6 +109,7 @@ FULL_PLAN = Plan(
     workload_single_images=100,
     ceiling_warmup_seconds=2.0,
     ceiling_seconds=8.0,
+    min_paired_runs=100,
 )
 
 QUICK_PLAN = Plan(

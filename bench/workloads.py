@@ -213,6 +213,13 @@ def measure_best_single_image(
     return single, latencies
 
 
+def single_image_runs(images: int, plan: Plan) -> tuple[int, int]:
+    """For a single-image subset of `images`: the timed passes over it in process, and the back-to-back pairs
+    of the server's c=1 comparison."""
+    repeats = max(plan.single_image_repeats, -(-MIN_SINGLE_IMAGE_RUNS // images))
+    return repeats, max(images * repeats, plan.min_paired_runs)
+
+
 def every_nth(images: Sequence[BenchImage], count: int) -> list[BenchImage]:
     """About `count` images spread over `images` (all of them when there are fewer)."""
     step = max(1, len(images) // max(1, count))
@@ -355,7 +362,7 @@ def run_workloads(
         for concurrency in plan.workload_concurrency_levels:
             if concurrency == 1:
                 subset = every_nth(workload.images, plan.workload_single_images)
-                repeats = max(plan.single_image_repeats, -(-MIN_SINGLE_IMAGE_RUNS // len(subset)))
+                repeats, pairs = single_image_runs(len(subset), plan)
                 best, _ = measure_best_single_image(subset, single_models, repeats=repeats)
             if concurrency == COMPARISON_CONCURRENCY:
                 # Measured right before the level it is compared with: a minute earlier, the machine may be another.
@@ -375,7 +382,7 @@ def run_workloads(
                         subset,
                         plan.workload_body,
                         functools.partial(single_image_ms, model=model, settings=settings),
-                        len(subset) * repeats,
+                        pairs,
                     )
                     for setting, (model, settings) in single_models.items()
                 }

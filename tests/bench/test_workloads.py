@@ -16,6 +16,7 @@ from app.inference import OnnxModel
 from bench.endtoend import LevelResult
 from bench.images import BenchImage
 from bench.inprocess import service_settings
+from bench.plan import FULL_PLAN, QUICK_PLAN
 from bench.report import evaluate_workloads, workload_cross_checks
 from bench.standin import standin_card
 from bench.stats import LatencySummary
@@ -33,6 +34,7 @@ from bench.workloads import (
     load_workloads,
     measure_ceiling,
     pooled,
+    single_image_runs,
 )
 
 
@@ -220,6 +222,15 @@ def test_every_nth_spreads_the_subset_over_the_set(tmp_path: Path) -> None:
     images = [BenchImage(f"{index}", tmp_path, 1, 1, b"") for index in range(10)]
     assert [image.name for image in every_nth(images, 3)] == ["0", "3", "6"]
     assert len(every_nth(images, 20)) == 10
+
+
+def test_single_image_runs_take_at_least_twenty_timed_runs_and_a_hundred_pairs_in_a_full_run() -> None:
+    # 12 MP: four images, five passes; pairs are topped up to 100 (20 moved by +-6 ms between runs)
+    assert single_image_runs(4, FULL_PLAN) == (5, 100)
+    assert single_image_runs(1, FULL_PLAN) == (20, 100)
+    assert single_image_runs(100, FULL_PLAN) == (3, 300)
+    # a quick run keeps its handful of pairs
+    assert single_image_runs(4, QUICK_PLAN) == (5, 20)
 
 
 class _CountingModel:
