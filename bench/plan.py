@@ -71,8 +71,8 @@ class Plan:
     # Rounds of the server at c=16 on photos and sample, each between two ceiling measurements. Five, not three:
     # a single round's ratio moved by up to +-6% with the machine, and a median of five rounds is steadier.
     ceiling_rounds: int = 5
-    # At least this many back-to-back pairs for the c=1 comparison. A 12 MP pair's difference moved by +-20 ms
-    # with the machine, so the median of 20 pairs (four images x five) moved by +-6 ms between runs.
+    # At least this many back-to-back pairs for the c=1 comparison: three medians of 20 pairs (12 MP: four
+    # images x five passes) taken in a row on one server ranged from -4.7 to +4.5 ms.
     min_paired_runs: int = 0
     ceiling_batch_size: int = 8
     workload_concurrency_levels: tuple[int, ...] = (1, COMPARISON_CONCURRENCY)

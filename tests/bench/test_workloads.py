@@ -225,7 +225,7 @@ def test_every_nth_spreads_the_subset_over_the_set(tmp_path: Path) -> None:
 
 
 def test_single_image_runs_take_at_least_twenty_timed_runs_and_a_hundred_pairs_in_a_full_run() -> None:
-    # 12 MP: four images, five passes; pairs are topped up to 100 (20 moved by +-6 ms between runs)
+    # 12 MP: four images, five passes; its 20 pairs are topped up to 100
     assert single_image_runs(4, FULL_PLAN) == (5, 100)
     assert single_image_runs(1, FULL_PLAN) == (20, 100)
     assert single_image_runs(100, FULL_PLAN) == (3, 300)
