@@ -487,11 +487,14 @@ def test_a_closed_loop_keeps_its_batches_full_when_requests_come_back_with_a_del
             await batcher.stop()
 
     asyncio.run(main())
-    # The first batches (the clients arriving) and the last (the clients stopping) may be partial.
+    # The first batches (the clients arriving) and the last (the clients stopping) may be partial. A stall of the
+    # shared machine splits a few more (a CI run saw ten batches of one), so the bars sit between the two codes'
+    # worst runs, most of them beside 3-4 busy processes on the 2 cores: before the fix (13 runs), mean 4.7-5.3
+    # and 12-18% of images in batches under 4; with it (40 runs), mean 6.9-8.0 and at most 3.4%.
     steady = sizes[4:-4]
     assert len(steady) >= 10
-    assert sum(steady) / len(steady) >= 7.0, sizes
-    assert steady.count(1) <= 1, sizes
+    assert sum(steady) / len(steady) >= 6.0, sizes
+    assert sum(size for size in steady if size < 4) <= 0.08 * sum(steady), sizes
 
 
 def test_the_recent_peak_remembers_the_highest_count_for_one_to_two_windows() -> None:
