@@ -111,6 +111,7 @@ class MicroBatcher:
         pending: Callable[[], int] | None = None,
         demand: Callable[[], int] | None = None,
         on_batch: BatchObserver | None = None,
+        executor: ThreadPoolExecutor | None = None,
     ) -> None:
         self._run_batch = run_batch
         self._run_solo = run_solo
@@ -128,7 +129,9 @@ class MicroBatcher:
         # Without it: a full share while a run is in flight, nothing once it ends.
         self._demand = demand
         self._queue: asyncio.Queue[_Job] = asyncio.Queue(maxsize=max_queue_size)
-        self._executor = ThreadPoolExecutor(max_workers=instances, thread_name_prefix="inference")
+        # The inference threads: `instances` of them, made here unless the caller shares its own (whose other work
+        # then waits for a free thread like a batch does). Shut down by `stop`.
+        self._executor = executor or ThreadPoolExecutor(max_workers=instances, thread_name_prefix="inference")
         self._workers: list[asyncio.Task[None]] = []
         self._accepting = False
         # (start time (time.perf_counter()), images) of each run in flight, by run number; a liveness check reads

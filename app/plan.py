@@ -18,15 +18,21 @@ class InferencePlan:
     intra_op_threads: int
     solo_threads: int | None
     decode_threads: int
+    # The inference threads also decode (they are then the `decode_threads`).
+    decode_on_inference_threads: bool
     max_batch_size: int
 
     def describe(self) -> str:
         solo = f"a lone request gets {self.solo_threads} threads" if self.solo_threads else "no solo session"
         threads = self.intra_op_threads or "onnxruntime's choice of"
+        decoding = (
+            "the inference threads decode between their batches"
+            if self.decode_on_inference_threads
+            else f"{self.decode_threads} decode threads"
+        )
         return (
             f"inference plan ({self.device}, {self.usable_cpus} usable CPUs): {self.instances} concurrent runs "
-            f"of {threads} threads each, {solo}; {self.decode_threads} decode threads; batches up to "
-            f"{self.max_batch_size} images"
+            f"of {threads} threads each, {solo}; {decoding}; batches up to {self.max_batch_size} images"
         )
 
 
@@ -52,15 +58,25 @@ def solo_threads(settings: Settings, *, on_gpu: bool, cpus: int) -> int | None:
     return cpus
 
 
+def decode_on_inference_threads(settings: Settings, *, on_gpu: bool, instances: int, cpus: int) -> bool:
+    """Whether the inference threads decode too: on the CPU when they are one 1-thread run per usable CPU, so each
+    core alternates decoding and running like the in-process ceiling. A GPU run leaves its thread mostly waiting,
+    and fewer or wider runs would leave decoding fewer threads than cores."""
+    return settings.decode_on_inference_threads and not on_gpu and settings.intra_op_threads == 1 and instances >= cpus
+
+
 def inference_plan(settings: Settings, *, on_gpu: bool, solo: int | None, cpus: int | None = None) -> InferencePlan:
     """The plan for `settings` on this device; `solo` is what the loaded model actually has."""
     cpus = cpus or usable_cpus()
+    instances = inference_instances(settings, on_gpu=on_gpu, cpus=cpus)
+    shared = decode_on_inference_threads(settings, on_gpu=on_gpu, instances=instances, cpus=cpus)
     return InferencePlan(
         device="GPU" if on_gpu else "CPU",
         usable_cpus=cpus,
-        instances=inference_instances(settings, on_gpu=on_gpu, cpus=cpus),
+        instances=instances,
         intra_op_threads=settings.intra_op_threads,
         solo_threads=solo,
-        decode_threads=settings.decode_threads,
+        decode_threads=instances if shared else settings.decode_threads,
+        decode_on_inference_threads=shared,
         max_batch_size=max_batch_size(settings, on_gpu=on_gpu),
     )

@@ -85,9 +85,15 @@ class Runtime:
         self.metrics = metrics or Metrics()
         self.budget = budget or MemoryBudget(settings.memory_budget_bytes)
         self.started_at = time.monotonic()
-        self._decode_pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
         self.plan = inference_plan(settings, on_gpu=model.providers.on_gpu, solo=model.solo_threads)
         self.max_batch_size = self.plan.max_batch_size
+        inference_threads = ThreadPoolExecutor(self.plan.instances, thread_name_prefix="inference")
+        # Decoding, preprocessing and the other CPU work of requests (v2 parsing, occlusion, overlays).
+        self._decode_pool = (
+            inference_threads
+            if self.plan.decode_on_inference_threads
+            else ThreadPoolExecutor(self.plan.decode_threads, thread_name_prefix="decode")
+        )
         # What a steady load keeps admitted: between two of a client's requests, `_admitted` misses it.
         self._recent_admitted = RecentPeak(DEMAND_WINDOW_S)
         self._batcher = MicroBatcher(
@@ -101,6 +107,7 @@ class Runtime:
             pending=lambda: self._admitted,
             demand=self._recent_admitted.value,
             on_batch=self._observe_batch,
+            executor=inference_threads,
         )
         self._ready = asyncio.Event()
         self._draining = False

@@ -136,6 +136,7 @@ _PLAN: JsonDict = {
     "intra_op_threads": 1,
     "solo_threads": 4,
     "decode_threads": 4,
+    "decode_on_inference_threads": True,
     "max_batch_size": 16,
 }
 
@@ -151,6 +152,9 @@ class InferencePlanInfo(BaseModel):
     intra_op_threads: int = Field(description="onnxruntime threads inside each run; 0: onnxruntime's choice")
     solo_threads: int | None = Field(description="Threads of a run alone on the model; null: no solo session")
     decode_threads: int = Field(description="Threads decoding and preprocessing uploads")
+    decode_on_inference_threads: bool = Field(
+        description="The inference threads decode uploads between their batches (ALEXNET_DECODE_ON_INFERENCE_THREADS)"
+    )
     max_batch_size: int = Field(description="Most images in one run")
 
 

@@ -302,7 +302,7 @@ class WorkloadResult:
 
 def baseline_env(cpu_count: int) -> dict[str, str]:
     """The server's defaults at 38da6f0, before issue 12: full decode, half the cores for one inference run at a
-    time, no separate session for lone requests."""
+    time, no separate session for lone requests, decoding on threads of its own."""
     return {
         "ALEXNET_FAST_JPEG_DECODE": "false",
         "ALEXNET_INTRA_OP_THREADS": str(max(1, cpu_count // 2)),
@@ -311,6 +311,7 @@ def baseline_env(cpu_count: int) -> dict[str, str]:
         "ALEXNET_BATCH_TIMEOUT_MS": "0",
         "ALEXNET_INFERENCE_INSTANCES": "1",
         "ALEXNET_SOLO_SESSION": "false",
+        "ALEXNET_DECODE_ON_INFERENCE_THREADS": "false",
     }
 
 

@@ -59,15 +59,17 @@ MEANINGS = {
     "(see [Preprocessing](preprocessing.md))",
     "inference_instances": "batches that may run on the model at once, sharing one session (Triton's model "
     "instances); the startup log and `/health` show the plan (see [Performance](performance.md))",
-    "intra_op_threads": "threads inside each run (`0`: onnxruntime's choice); decoding runs on "
-    "`ALEXNET_DECODE_THREADS` beside them",
+    "intra_op_threads": "threads inside each run (`0`: onnxruntime's choice)",
     "solo_session": "on CPU, a request alone on the machine (no other image decoding, queued or running) runs on a "
     "second session with every usable CPU (best "
     "single-image latency, for a second copy of the weights: about 250 MB for AlexNet)",
     "intra_op_spinning": "let onnxruntime's threads busy-wait between runs (only with cores dedicated to inference)",
     "image_block_cache_bytes": "freed image memory Pillow keeps for the next decode (rounded down to its 16 MiB "
     "blocks), so a large photo does not fault in fresh pages (~25 ms of CPU for a 12 MP photo); `0` turns it off",
-    "decode_threads": "threads decoding and preprocessing images",
+    "decode_threads": "threads decoding and preprocessing images, when the inference threads do not decode",
+    "decode_on_inference_threads": "on CPU with one 1-thread run per usable CPU (the default plan), decode uploads "
+    "on the inference threads, between their batches, instead of on `ALEXNET_DECODE_THREADS` threads of their own: "
+    "a decode then never preempts a running batch. `GET /health` shows which",
     "warmup_runs": "inference runs before reporting ready",
     "max_body_bytes": "largest request body (checked while streaming)",
     "max_image_pixels": "largest image, in pixels (checked from the header, before decoding)",

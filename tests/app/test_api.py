@@ -544,7 +544,8 @@ def test_health_reports_providers_model_and_the_untrained_warning(
             "instances": usable_cpus(),
             "intra_op_threads": 1,
             "solo_threads": None,  # tests run without the solo session (service_settings)
-            "decode_threads": 2,
+            "decode_threads": usable_cpus(),  # the inference threads decode
+            "decode_on_inference_threads": True,
             "max_batch_size": 16,
         },
         "warnings": [UNTRAINED_WARNING],

@@ -16,20 +16,40 @@ def settings(**overrides: object) -> Settings:
 
 
 def test_on_the_cpu_every_usable_cpu_runs_a_one_thread_instance_and_a_lone_batch_gets_them_all() -> None:
-    plan = inference_plan(settings(intra_op_threads=1, decode_threads=8), on_gpu=False, solo=8, cpus=8)
+    plan = inference_plan(settings(intra_op_threads=1, decode_threads=3), on_gpu=False, solo=8, cpus=8)
     assert plan == InferencePlan(
         device="CPU",
         usable_cpus=8,
         instances=8,
         intra_op_threads=1,
         solo_threads=8,
-        decode_threads=8,
+        decode_threads=8,  # the inference threads, whatever decode_threads says
+        decode_on_inference_threads=True,
         max_batch_size=16,
     )
     assert plan.describe() == (
         "inference plan (CPU, 8 usable CPUs): 8 concurrent runs of 1 threads each, a lone request gets 8 threads; "
-        "8 decode threads; batches up to 16 images"
+        "the inference threads decode between their batches; batches up to 16 images"
     )
+
+
+@pytest.mark.parametrize(
+    ("overrides", "on_gpu", "cpus"),
+    [
+        ({"decode_on_inference_threads": False}, False, 4),
+        ({}, True, 4),  # a GPU run leaves its thread waiting: decoding gets threads of its own
+        ({"intra_op_threads": 2}, False, 4),  # two runs of two threads: only two threads would decode
+        ({"inference_instances": 2}, False, 4),  # fewer runs than CPUs: as above
+    ],
+)
+def test_decoding_has_threads_of_its_own_unless_there_is_a_one_thread_run_per_cpu(
+    overrides: dict[str, object], on_gpu: bool, cpus: int
+) -> None:
+    plan = inference_plan(
+        settings(**{"intra_op_threads": 1, "decode_threads": 3, **overrides}), on_gpu=on_gpu, solo=None, cpus=cpus
+    )
+    assert (plan.decode_on_inference_threads, plan.decode_threads) == (False, 3)
+    assert "; 3 decode threads;" in plan.describe()
 
 
 def test_on_a_gpu_two_instances_overlap_copies_with_compute_and_there_is_no_solo_session() -> None:

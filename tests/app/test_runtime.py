@@ -6,12 +6,14 @@ import asyncio
 import logging
 import threading
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import pytest
 from starlette.testclient import TestClient
 
+from app import runtime as runtime_module
 from app.cpus import usable_cpus
 from app.inference import OnnxModel, ProviderReport, load_model
 from app.main import create_app
@@ -104,20 +106,53 @@ def test_the_inference_plan_is_logged_at_startup_and_shown_in_health(
     expected_instances = instances or (2 if on_gpu else cpus)
     threads = max(1, cpus // (instances or cpus))
     solo = cpus if not on_gpu and threads < cpus else None
+    shared = not on_gpu and threads == 1 and expected_instances >= cpus
     assert plan == {
         "device": device,
         "usable_cpus": cpus,
         "instances": expected_instances,
         "intra_op_threads": threads,
         "solo_threads": solo,
-        "decode_threads": 2,
+        "decode_threads": expected_instances if shared else 2,
+        "decode_on_inference_threads": shared,
         "max_batch_size": 64 if on_gpu else 16,
     }
     lone = f"a lone request gets {solo} threads" if solo else "no solo session"
+    decoding = "the inference threads decode between their batches" if shared else "2 decode threads"
     assert (
         f"inference plan ({device}, {cpus} usable CPUs): {expected_instances} concurrent runs of {threads} threads "
-        f"each, {lone}; 2 decode threads; batches up to {plan['max_batch_size']} images"
+        f"each, {lone}; {decoding}; batches up to {plan['max_batch_size']} images"
     ) in caplog.messages
+
+
+@pytest.mark.parametrize(("shared", "decoding_thread"), [(True, "inference_"), (False, "decode_")])
+def test_uploads_are_decoded_on_the_inference_threads_when_the_plan_says_so(
+    shared: bool, decoding_thread: str, served_model_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    threads: dict[str, set[str]] = {"decode": set(), "run": set()}
+    prepare, run = runtime_module.prepare_image, OnnxModel.run
+
+    def recording_prepare(*args: Any, **kwargs: Any) -> Any:
+        threads["decode"].add(threading.current_thread().name.rstrip("0123456789"))
+        return prepare(*args, **kwargs)
+
+    def recording_run(self: OnnxModel, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        threads["run"].add(threading.current_thread().name.rstrip("0123456789"))
+        return run(self, batch)
+
+    monkeypatch.setattr(runtime_module, "prepare_image", recording_prepare)
+    monkeypatch.setattr(OnnxModel, "run", recording_run)
+    settings = service_settings(
+        served_model_path, inference_instances=usable_cpus(), solo_session=False, decode_on_inference_threads=shared
+    )
+    with TestClient(create_app(settings)) as client:
+        wait_until_ready(client)
+        assert client.get("/health").json()["inference"]["decode_on_inference_threads"] is shared
+        threads["run"].clear()  # warm-up runs
+        response = client.post("/v1/predict", content=scene_bytes(320, 240), headers={"Content-Type": "image/jpeg"})
+
+    assert response.status_code == 200
+    assert threads == {"decode": {decoding_thread}, "run": {"inference_"}}
 
 
 def test_a_lone_request_runs_on_the_solo_session_and_its_answer_is_the_shared_sessions(

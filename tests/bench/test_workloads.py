@@ -193,12 +193,13 @@ def test_a_missing_level_fails_its_target() -> None:
     assert not passed
 
 
-def test_the_old_defaults_pin_one_inference_run_on_half_the_cores_and_full_decoding() -> None:
+def test_the_old_defaults_pin_one_inference_run_on_half_the_cores_full_decoding_and_own_decode_threads() -> None:
     env = baseline_env(4)
     assert env["ALEXNET_FAST_JPEG_DECODE"] == "false"
     assert env["ALEXNET_INTRA_OP_THREADS"] == "2"
     assert env["ALEXNET_INFERENCE_INSTANCES"] == "1"
     assert env["ALEXNET_SOLO_SESSION"] == "false"
+    assert env["ALEXNET_DECODE_ON_INFERENCE_THREADS"] == "false"
     assert baseline_env(1)["ALEXNET_INTRA_OP_THREADS"] == "1"
 
 
