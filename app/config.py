@@ -89,7 +89,7 @@ class Settings(BaseSettings):
     decode_threads: int = Field(default_factory=_default_decode_threads, ge=1)
     # With one 1-thread run per CPU, uploads are decoded on the inference threads instead of `decode_threads`
     # threads of their own: a thread decodes only between its batches, as the in-process ceiling does, so a
-    # decode never preempts a running batch (photos at c=16: 193 -> 195% CPU busy, +3-6% images/s).
+    # decode never preempts a running batch (photos at c=16: the machine 191-193% -> 195-196% busy).
     decode_on_inference_threads: bool = True
     # Freed image memory Pillow keeps for the next decode. Large images are served by fresh mmaps (so RSS does not
     # creep), whose pages each new 12 MP photo faulted in again: ~25 ms of CPU. Bounded; 0 turns it off.
