@@ -111,7 +111,6 @@ class MicroBatcher:
         pending: Callable[[], int] | None = None,
         demand: Callable[[], int] | None = None,
         on_batch: BatchObserver | None = None,
-        executor: ThreadPoolExecutor | None = None,
     ) -> None:
         self._run_batch = run_batch
         self._run_solo = run_solo
@@ -129,9 +128,7 @@ class MicroBatcher:
         # Without it: a full share while a run is in flight, nothing once it ends.
         self._demand = demand
         self._queue: asyncio.Queue[_Job] = asyncio.Queue(maxsize=max_queue_size)
-        # The inference threads: `instances` of them, made here unless the caller shares its own (whose other work
-        # then waits for a free thread like a batch does). Shut down by `stop`.
-        self._executor = executor or ThreadPoolExecutor(max_workers=instances, thread_name_prefix="inference")
+        self._executor = ThreadPoolExecutor(max_workers=instances, thread_name_prefix="inference")
         self._workers: list[asyncio.Task[None]] = []
         self._accepting = False
         # (start time (time.perf_counter()), images) of each run in flight, by run number; a liveness check reads
@@ -146,6 +143,12 @@ class MicroBatcher:
     def depth(self) -> int:
         """Images waiting, not counting the batches being run."""
         return self._queue.qsize()
+
+    @property
+    def inference_threads(self) -> ThreadPoolExecutor:
+        """The `instances` threads that run the batches, shut down by `stop`. Other work submitted to them waits for
+        a free thread, in arrival order with the batches."""
+        return self._executor
 
     @property
     def runs_started_at(self) -> list[float]:

@@ -87,13 +87,6 @@ class Runtime:
         self.started_at = time.monotonic()
         self.plan = inference_plan(settings, on_gpu=model.providers.on_gpu, solo=model.solo_threads)
         self.max_batch_size = self.plan.max_batch_size
-        inference_threads = ThreadPoolExecutor(self.plan.instances, thread_name_prefix="inference")
-        # Decoding, preprocessing and the other CPU work of requests (v2 parsing, occlusion, overlays).
-        self._decode_pool = (
-            inference_threads
-            if self.plan.decode_on_inference_threads
-            else ThreadPoolExecutor(self.plan.decode_threads, thread_name_prefix="decode")
-        )
         # What a steady load keeps admitted: between two of a client's requests, `_admitted` misses it.
         self._recent_admitted = RecentPeak(DEMAND_WINDOW_S)
         self._batcher = MicroBatcher(
@@ -107,7 +100,12 @@ class Runtime:
             pending=lambda: self._admitted,
             demand=self._recent_admitted.value,
             on_batch=self._observe_batch,
-            executor=inference_threads,
+        )
+        # Decoding, preprocessing and the other CPU work of requests (v2 parsing, occlusion, overlays).
+        self._decode_pool = (
+            self._batcher.inference_threads
+            if self.plan.decode_on_inference_threads
+            else ThreadPoolExecutor(self.plan.decode_threads, thread_name_prefix="decode")
         )
         self._ready = asyncio.Event()
         self._draining = False
