@@ -87,14 +87,18 @@ class _BatchBuffer:
         self._rows = rows
         self._buffer: FloatArray | None = None
 
-    def run(self, run: RunBatch, tensors: list[FloatArray]) -> FloatArray:
+    def run(self, run: RunBatch, tensors: list[FloatArray]) -> tuple[FloatArray, float, float]:
+        """(probabilities, start, end): timed here, so a wait for a free thread counts as queueing."""
+        started = time.perf_counter()
         shape = tensors[0].shape
         if self._buffer is None or self._buffer.shape[1:] != shape or len(self._buffer) < len(tensors):
             self._buffer = np.empty((max(self._rows, len(tensors)), *shape), dtype=np.float32)
         batch = np.stack(tensors, out=self._buffer[: len(tensors)])
         probabilities = run(batch)
         # The next batch overwrites the buffer while callers may still read these rows.
-        return probabilities.copy() if np.shares_memory(probabilities, self._buffer) else probabilities
+        if np.shares_memory(probabilities, self._buffer):
+            probabilities = probabilities.copy()
+        return probabilities, started, time.perf_counter()
 
 
 class MicroBatcher:
@@ -131,8 +135,8 @@ class MicroBatcher:
         self._executor = ThreadPoolExecutor(max_workers=instances, thread_name_prefix="inference")
         self._workers: list[asyncio.Task[None]] = []
         self._accepting = False
-        # (start time (time.perf_counter()), images) of each run in flight, by run number; a liveness check reads
-        # the start times.
+        # (time handed to the inference threads (time.perf_counter()), images) of each run in flight, by run
+        # number; a liveness check reads the times.
         self._running: dict[int, tuple[float, int]] = {}
         # Set (and replaced) whenever a run ends: what an instance waiting for company also wakes on.
         self._run_ended = asyncio.Event()
@@ -152,7 +156,8 @@ class MicroBatcher:
 
     @property
     def runs_started_at(self) -> list[float]:
-        """When each run now in flight started (time.perf_counter()), oldest first; empty when idle."""
+        """When each run now in flight was handed to the inference threads (time.perf_counter()), oldest first;
+        empty when idle."""
         return sorted(started for started, _ in self._running.values())
 
     def start(self) -> None:
@@ -203,11 +208,10 @@ class MicroBatcher:
             if self._run_solo is not None and self._alone(len(live)):
                 run = self._run_solo  # alone on the machine: it may use the cores the other instances would
             number = next(self._run_numbers)
-            started = time.perf_counter()
-            self._running[number] = (started, len(live))
+            self._running[number] = (time.perf_counter(), len(live))
             try:
                 tensors = [job.tensor for job in live]
-                probabilities = await loop.run_in_executor(self._executor, buffer.run, run, tensors)
+                probabilities, started, finished = await loop.run_in_executor(self._executor, buffer.run, run, tensors)
             except Exception:
                 logger.exception("inference failed for a batch of %d", len(live))
                 for job in live:
@@ -218,7 +222,6 @@ class MicroBatcher:
                 del self._running[number]
                 self._run_ended.set()
                 self._run_ended = asyncio.Event()
-            finished = time.perf_counter()
             inference_ms = (finished - started) * 1000.0
             if self._on_batch is not None:
                 self._on_batch(len(live), finished - started)

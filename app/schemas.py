@@ -29,8 +29,8 @@ class ModelSummary(BaseModel):
 class TimingMs(BaseModel):
     decode: float
     preprocess: float
-    queue: float = Field(description="Time spent waiting for a batch slot")
-    inference: float
+    queue: float = Field(description="From joining the queue to the start of its batch's run on an inference thread")
+    inference: float = Field(description="Its batch's run, on the inference thread")
     total: float
     batch_size: int = Field(description="How many images shared the session.run that served this one")
 

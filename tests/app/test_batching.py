@@ -522,14 +522,49 @@ def test_an_instance_stacks_every_batch_into_the_same_memory() -> None:
         return batch[:, :1] * 2
 
     buffer = _BatchBuffer(rows=4)
-    first = buffer.run(record, [image(1), image(2)])
-    second = buffer.run(record, [image(3), image(4), image(5)])
+    first, _, _ = buffer.run(record, [image(1), image(2)])
+    second, _, _ = buffer.run(record, [image(3), image(4), image(5)])
     assert addresses[0] == addresses[1]
     assert (first.ravel().tolist(), second.ravel().tolist()) == ([2.0, 4.0], [6.0, 8.0, 10.0])
 
 
 def test_rows_a_model_returns_from_the_buffer_itself_outlive_the_next_batch() -> None:
     buffer = _BatchBuffer(rows=4)
-    first = buffer.run(lambda batch: batch, [image(1), image(2)])
+    first, _, _ = buffer.run(lambda batch: batch, [image(1), image(2)])
     buffer.run(lambda batch: batch, [image(7), image(8)])
     assert first.tolist() == [[1.0, 1.0], [2.0, 2.0]]
+
+
+def test_a_batch_waits_its_turn_on_shared_threads_and_the_wait_counts_as_queueing_not_inference() -> None:
+    """With the inference threads also decoding (app/plan.py), a formed batch runs after the decodes queued before
+    it (larger batches under decode-bound load; docs/performance.md); `inference_ms` is the run alone."""
+    held_s = 0.2
+    order: list[str] = []
+
+    def model(batch: FloatArray) -> FloatArray:
+        order.append("batch")
+        return np.repeat(batch[:, :1], 4, axis=1)
+
+    async def main() -> InferenceResult:
+        batcher = MicroBatcher(model, max_batch_size=8, timeout_ms=0, max_queue_size=64, instances=1)
+        batcher.start()
+        loop = asyncio.get_running_loop()
+        threads = batcher.inference_threads
+        decoding = threading.Event()
+
+        def decode_in_progress() -> None:
+            decoding.set()
+            time.sleep(held_s)
+
+        in_progress = loop.run_in_executor(threads, decode_in_progress)
+        assert await asyncio.to_thread(decoding.wait, WAIT_S)
+        queued = [loop.run_in_executor(threads, order.append, f"decode {number}") for number in range(2)]
+        result = await batcher.infer(image(1))
+        await asyncio.gather(in_progress, *queued)
+        await batcher.stop()
+        return result
+
+    result = asyncio.run(main())
+    assert order == ["decode 0", "decode 1", "batch"]
+    assert result.queue_ms >= held_s * 1000.0 / 2
+    assert result.inference_ms < held_s * 1000.0 / 2
